@@ -1,0 +1,687 @@
+/* blob.c - the lazy blob (see blob.h for the contract).
+ *
+ * Locking: one mutex per blob guards the chunk states, the three queues, the
+ * hydration cursor and the counters; one condition variable is broadcast
+ * whenever a chunk settles (present or failed).  Fetch completions arrive on
+ * store threads; they verify and commit the bytes *outside* the lock, then
+ * take it only to publish the new state and start the next fetches.
+ *
+ * A chunk moves ABSENT -> QUEUED -> INFLIGHT -> PRESENT, or -> FAILED, from
+ * which a later demand starts it again (one new bounded attempt per demand). */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "../common/log.h"
+#include "../common/timeutil.h"
+#include "blob.h"
+#include "cache.h"
+
+enum cstate { C_ABSENT = 0, C_QUEUED, C_INFLIGHT, C_PRESENT, C_FAILED };
+
+/* A FIFO of chunk indices; entries go stale when a chunk is promoted or
+ * settles, and are skipped when popped (cheaper than removal). */
+struct fifo {
+	uint64_t *v;
+	size_t head, tail, cap;
+};
+
+struct fetch {
+	struct store_op op;
+	struct blob *b;
+	uint64_t idx;
+	int prio;
+	int tries;    /* verification attempts so far */
+	uint8_t *buf; /* malloc'd for a cache backing; points into mem otherwise */
+};
+
+struct blob {
+	struct store *s;
+	struct blob_opts o;
+	char key[STORE_KEY_MAX];
+	char etag[STORE_ETAG_MAX];
+	int image;
+	struct img_index ix;
+	uint64_t size, cs, n;
+	unsigned shift;
+
+	uint8_t *mem;      /* memory backing (NULL with a cache) */
+	size_t mem_len;
+	struct cache *cache;
+
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	uint8_t *state;
+	uint8_t *qprio;    /* the priority a QUEUED chunk waits at */
+	struct fifo q[PRIO_COUNT];
+	int inflight, inflight_bg;
+	int closing;
+	char last_err[ERR_MSG_MAX];
+
+	int hydrating;
+	uint64_t *first;
+	size_t nfirst, first_pos;
+	uint64_t cursor;
+	uint64_t bg_started_bytes, bg_t0_ns;
+	pthread_t ticker;
+	int ticker_running;
+
+	blob_listener listener;
+	void *listener_arg;
+
+	uint64_t present, zero, bytes_fetched, fetches, fetch_failures, verify_failures, cache_hits;
+};
+
+static void dispatch(struct blob *b);
+
+void blob_opts_default(struct blob_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->jobs = 16;
+	o->plain_chunk_size = 1u << 20;
+}
+
+static int fifo_push(struct fifo *f, uint64_t v)
+{
+	if (f->tail - f->head == f->cap) {
+		size_t nc = f->cap ? f->cap * 2 : 256;
+		uint64_t *nv = malloc(nc * sizeof *nv);
+		if (!nv)
+			return -ENOMEM;
+		for (size_t i = 0; i < f->tail - f->head; i++)
+			nv[i] = f->v[(f->head + i) % f->cap];
+		f->tail -= f->head;
+		f->head = 0;
+		free(f->v);
+		f->v = nv;
+		f->cap = nc;
+	}
+	f->v[f->tail++ % f->cap] = v;
+	return 0;
+}
+
+static int fifo_pop(struct fifo *f, uint64_t *v)
+{
+	if (f->head == f->tail)
+		return 0;
+	*v = f->v[f->head++ % f->cap];
+	return 1;
+}
+
+uint64_t blob_size(const struct blob *b) { return b->size; }
+uint64_t blob_chunk_size(const struct blob *b) { return b->cs; }
+uint64_t blob_nchunks(const struct blob *b) { return b->n; }
+int blob_is_image(const struct blob *b) { return b->image; }
+const char *blob_etag(const struct blob *b) { return b->etag; }
+const struct img_index *blob_index(const struct blob *b) { return b->image ? &b->ix : NULL; }
+
+uint64_t blob_chunk_len(const struct blob *b, uint64_t idx)
+{
+	uint64_t off = idx << b->shift;
+	return b->size - off < b->cs ? b->size - off : b->cs;
+}
+
+int blob_chunk_is_zero(const struct blob *b, uint64_t idx)
+{
+	return b->image && idx < b->n && b->ix.map[idx] == 0;
+}
+
+int blob_chunk_present(const struct blob *b, uint64_t idx)
+{
+	return idx < b->n && __atomic_load_n(&b->state[idx], __ATOMIC_ACQUIRE) == C_PRESENT;
+}
+
+void *blob_chunk_ptr(struct blob *b, uint64_t idx)
+{
+	return b->mem ? b->mem + (idx << b->shift) : NULL;
+}
+
+/* --- fetching --- */
+
+static void fetch_done(struct store_op *op);
+
+static int start_fetch(struct blob *b, uint64_t idx, int prio)
+{
+	struct fetch *f = calloc(1, sizeof *f);
+	if (!f)
+		return -ENOMEM;
+	f->b = b;
+	f->idx = idx;
+	f->prio = prio;
+	uint64_t len = blob_chunk_len(b, idx);
+	if (b->mem) {
+		f->buf = b->mem + (idx << b->shift);
+	} else {
+		f->buf = malloc(len);
+		if (!f->buf) {
+			free(f);
+			return -ENOMEM;
+		}
+	}
+	struct store_op *op = &f->op;
+	op->kind = STORE_GET;
+	op->buf = f->buf;
+	op->len = len;
+	if (b->image) {
+		img_chunk_key(&b->ix.hashes[b->ix.map[idx] - 1], op->key, sizeof op->key);
+		op->off = 0;
+	} else {
+		snprintf(op->key, sizeof op->key, "%s", b->key);
+		op->off = idx << b->shift;
+		snprintf(op->if_match, sizeof op->if_match, "%s", b->etag);
+	}
+	op->done = fetch_done;
+	op->arg = f;
+	b->state[idx] = C_INFLIGHT;
+	b->inflight++;
+	if (prio == PRIO_BACKGROUND) {
+		b->inflight_bg++;
+		b->bg_started_bytes += len;
+	}
+	b->fetches++;
+	int rc = store_submit(b->s, op);
+	if (rc < 0) {
+		b->state[idx] = C_FAILED;
+		b->inflight--;
+		if (prio == PRIO_BACKGROUND)
+			b->inflight_bg--;
+		snprintf(b->last_err, sizeof b->last_err, "chunk %llu: %s", (unsigned long long)idx, err_msg());
+		if (!b->mem)
+			free(f->buf);
+		free(f);
+		return rc;
+	}
+	return 0;
+}
+
+/* Check what arrived; 0 if the bytes may be used. */
+static int verify(struct blob *b, struct fetch *f, char *why, size_t n)
+{
+	struct store_op *op = &f->op;
+	if (op->rc < 0) {
+		snprintf(why, n, "%s", op->errmsg);
+		return op->rc;
+	}
+	if (op->nread != op->len) {
+		snprintf(why, n, "%s: got %llu bytes, expected %llu (object shorter than it was at open?)",
+			 op->key, (unsigned long long)op->nread, (unsigned long long)op->len);
+		return -EIO;
+	}
+	if (b->image) {
+		struct img_hash h;
+		img_hash_chunk(f->buf, op->len, &h);
+		if (memcmp(&h, &b->ix.hashes[b->ix.map[f->idx] - 1], sizeof h)) {
+			snprintf(why, n, "%s: content does not match its XXH3-128 (corrupt chunk)", op->key);
+			return -EBADMSG;
+		}
+	}
+	return 0;
+}
+
+static void fetch_done(struct store_op *op)
+{
+	struct fetch *f = op->arg;
+	struct blob *b = f->b;
+	char why[ERR_MSG_MAX];
+	int rc = verify(b, f, why, sizeof why);
+	if (rc == -EBADMSG) {
+		__atomic_add_fetch(&b->verify_failures, 1, __ATOMIC_RELAXED);
+		/* One re-fetch: a bit flip on the way heals; a corrupt object does not. */
+		if (f->tries++ < 1 && !b->closing) {
+			log_warn("%s; fetching it again", why);
+			uint64_t len = op->len;
+			char key[STORE_KEY_MAX];
+			memcpy(key, op->key, sizeof key);
+			memset(op, 0, sizeof *op);
+			memcpy(op->key, key, sizeof key);
+			op->kind = STORE_GET;
+			op->buf = f->buf;
+			op->len = len;
+			op->done = fetch_done;
+			op->arg = f;
+			if (store_submit(b->s, op) == 0)
+				return;
+			snprintf(why, sizeof why, "%s", err_msg());
+		}
+	}
+	if (rc == 0 && b->cache) {
+		rc = cache_commit(b->cache, f->idx, f->buf, op->len);
+		if (rc < 0)
+			snprintf(why, sizeof why, "%s", err_msg());
+	}
+	if (rc < 0 && b->mem)
+		/* Don't leave unverified bytes where a later reader could see them. */
+		memset(f->buf, 0, op->len);
+
+	pthread_mutex_lock(&b->mu);
+	b->inflight--;
+	if (f->prio == PRIO_BACKGROUND)
+		b->inflight_bg--;
+	if (rc == 0) {
+		__atomic_store_n(&b->state[f->idx], C_PRESENT, __ATOMIC_RELEASE);
+		b->present++;
+		b->bytes_fetched += op->len;
+	} else {
+		b->state[f->idx] = C_FAILED;
+		b->fetch_failures++;
+		snprintf(b->last_err, sizeof b->last_err, "chunk %llu of %s: %s", (unsigned long long)f->idx, b->key,
+			 why);
+		log_error("%s", b->last_err);
+	}
+	pthread_cond_broadcast(&b->cv);
+	if (!b->closing)
+		dispatch(b);
+	blob_listener fn = b->listener;
+	void *arg = b->listener_arg;
+	pthread_mutex_unlock(&b->mu);
+	if (fn)
+		fn(arg, f->idx, rc);
+	if (!b->mem)
+		free(f->buf);
+	free(f);
+}
+
+/* The next background chunk from the hydration order, or 0 if none. */
+static int next_hydrate(struct blob *b, uint64_t *idx)
+{
+	while (b->first_pos < b->nfirst) {
+		uint64_t i = b->first[b->first_pos++];
+		if (i < b->n && b->state[i] == C_ABSENT) {
+			*idx = i;
+			return 1;
+		}
+	}
+	while (b->cursor < b->n) {
+		uint64_t i = b->cursor++;
+		if (b->state[i] == C_ABSENT) {
+			*idx = i;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static int bg_throttled(struct blob *b)
+{
+	if (!b->o.bg_bytes_per_sec)
+		return 0;
+	double secs = (double)(now_ns() - b->bg_t0_ns) / 1e9;
+	return (double)b->bg_started_bytes > secs * (double)b->o.bg_bytes_per_sec;
+}
+
+/* Start fetches while there are free slots.  Called with b->mu held. */
+static void dispatch(struct blob *b)
+{
+	while (b->inflight < b->o.jobs) {
+		uint64_t idx;
+		int prio = -1;
+		for (int p = 0; p < PRIO_COUNT && prio < 0; p++) {
+			if (p == PRIO_BACKGROUND && (b->inflight_bg >= b->o.bg_jobs || bg_throttled(b)))
+				break;
+			while (fifo_pop(&b->q[p], &idx))
+				if (b->state[idx] == C_QUEUED && b->qprio[idx] == p) {
+					prio = p;
+					break;
+				}
+		}
+		if (prio < 0 && b->hydrating && b->inflight_bg < b->o.bg_jobs && !bg_throttled(b) &&
+		    next_hydrate(b, &idx))
+			prio = PRIO_BACKGROUND;
+		if (prio < 0)
+			return;
+		if (start_fetch(b, idx, prio) < 0) {
+			pthread_cond_broadcast(&b->cv);
+			log_error("%s", b->last_err);
+		}
+	}
+}
+
+/* Queue idx at prio (promoting it if it waits lower).  Called with b->mu held. */
+static void enqueue(struct blob *b, uint64_t idx, int prio)
+{
+	uint8_t st = b->state[idx];
+	if (st == C_ABSENT || st == C_FAILED || (st == C_QUEUED && prio < b->qprio[idx])) {
+		if (fifo_push(&b->q[prio], idx) < 0) {
+			snprintf(b->last_err, sizeof b->last_err, "out of memory queueing chunk %llu",
+				 (unsigned long long)idx);
+			b->state[idx] = C_FAILED;
+			return;
+		}
+		b->state[idx] = C_QUEUED;
+		b->qprio[idx] = (uint8_t)prio;
+	}
+}
+
+void blob_request(struct blob *b, uint64_t idx, enum blob_prio prio)
+{
+	if (idx >= b->n || blob_chunk_present(b, idx))
+		return;
+	pthread_mutex_lock(&b->mu);
+	if (b->state[idx] != C_FAILED)
+		enqueue(b, idx, prio);
+	dispatch(b);
+	pthread_mutex_unlock(&b->mu);
+}
+
+/* Wait for idx with b->mu held.  A chunk that had failed before this call is
+ * tried once more; a failure after that is returned. */
+static int wait_chunk(struct blob *b, uint64_t idx, int prio)
+{
+	int asked = 0;
+	/* Never wait forever: the store bounds each attempt, this bounds the wait. */
+	uint64_t limit_ms = b->s->cfg.max_total_ms * 3 + b->s->cfg.stall_timeout_ms + 5000;
+	struct timespec dl = deadline_after_ms(limit_ms);
+	for (;;) {
+		uint8_t st = b->state[idx];
+		if (st == C_PRESENT)
+			return 0;
+		if (st == C_FAILED) {
+			if (asked)
+				return err_set(EIO, "%s", b->last_err);
+			enqueue(b, idx, prio);
+			dispatch(b);
+		} else if (st == C_ABSENT || (st == C_QUEUED && b->qprio[idx] > prio)) {
+			enqueue(b, idx, prio);
+			dispatch(b);
+		}
+		asked = 1;
+		if (b->state[idx] == C_FAILED)
+			continue;
+		if (pthread_cond_timedwait(&b->cv, &b->mu, &dl) == ETIMEDOUT)
+			return err_set(ETIMEDOUT, "timed out after %llu ms waiting for chunk %llu of %s",
+				       (unsigned long long)limit_ms, (unsigned long long)idx, b->key);
+	}
+}
+
+int blob_ensure(struct blob *b, uint64_t idx, enum blob_prio prio)
+{
+	if (idx >= b->n)
+		return err_set(EINVAL, "chunk %llu beyond the end of %s (%llu chunks)", (unsigned long long)idx,
+			       b->key, (unsigned long long)b->n);
+	if (blob_chunk_present(b, idx))
+		return 0;
+	pthread_mutex_lock(&b->mu);
+	int rc = wait_chunk(b, idx, prio);
+	pthread_mutex_unlock(&b->mu);
+	return rc;
+}
+
+ssize_t blob_read(struct blob *b, void *buf, size_t len, uint64_t off, enum blob_prio prio)
+{
+	if (off >= b->size)
+		return 0;
+	if (len > b->size - off)
+		len = b->size - off;
+	if (!len)
+		return 0;
+	uint64_t first = off >> b->shift, last = (off + len - 1) >> b->shift;
+	/* Ask for every missing chunk first so they are fetched in parallel. */
+	int missing = 0;
+	for (uint64_t i = first; i <= last; i++)
+		missing |= !blob_chunk_present(b, i);
+	if (missing) {
+		pthread_mutex_lock(&b->mu);
+		for (uint64_t i = first; i <= last; i++)
+			if (b->state[i] != C_PRESENT && b->state[i] != C_INFLIGHT)
+				enqueue(b, i, prio);
+		dispatch(b);
+		for (uint64_t i = first; i <= last; i++) {
+			int rc = wait_chunk(b, i, prio);
+			if (rc < 0) {
+				pthread_mutex_unlock(&b->mu);
+				return rc;
+			}
+		}
+		pthread_mutex_unlock(&b->mu);
+	}
+	if (b->mem) {
+		memcpy(buf, b->mem + off, len);
+		return (ssize_t)len;
+	}
+	int rc = cache_read(b->cache, buf, len, off);
+	return rc < 0 ? rc : (ssize_t)len;
+}
+
+/* --- hydration --- */
+
+static void *ticker_main(void *arg)
+{
+	struct blob *b = arg;
+	pthread_mutex_lock(&b->mu);
+	while (!b->closing && b->present < b->n) {
+		struct timespec dl = deadline_after_ms(20);
+		pthread_cond_timedwait(&b->cv, &b->mu, &dl);
+		dispatch(b);
+	}
+	pthread_mutex_unlock(&b->mu);
+	return NULL;
+}
+
+int blob_hydrate_start(struct blob *b, const uint64_t *first, size_t nfirst)
+{
+	uint64_t *copy = NULL;
+	if (nfirst) {
+		copy = malloc(nfirst * sizeof *copy);
+		if (!copy)
+			return err_set(ENOMEM, "out of memory for a working set of %zu chunks", nfirst);
+		memcpy(copy, first, nfirst * sizeof *copy);
+	}
+	pthread_mutex_lock(&b->mu);
+	free(b->first);
+	b->first = copy;
+	b->nfirst = nfirst;
+	b->first_pos = 0;
+	b->cursor = 0;
+	b->hydrating = 1;
+	b->bg_t0_ns = now_ns();
+	b->bg_started_bytes = 0;
+	if (b->o.bg_bytes_per_sec && !b->ticker_running) {
+		/* A cap can leave no fetch in flight to trigger the next dispatch. */
+		if (pthread_create(&b->ticker, NULL, ticker_main, b) == 0)
+			b->ticker_running = 1;
+	}
+	dispatch(b);
+	pthread_mutex_unlock(&b->mu);
+	return 0;
+}
+
+int blob_complete(const struct blob *b)
+{
+	return __atomic_load_n(&b->present, __ATOMIC_RELAXED) == b->n;
+}
+
+int blob_hydrate_wait(struct blob *b, uint64_t timeout_ms)
+{
+	struct timespec dl = deadline_after_ms(timeout_ms ? timeout_ms : 1000ull * 86400 * 365);
+	pthread_mutex_lock(&b->mu);
+	int rc = 0;
+	uint64_t fails0 = b->fetch_failures;
+	while (b->present < b->n) {
+		if (b->fetch_failures > fails0) {
+			rc = err_set(EIO, "%s", b->last_err);
+			break;
+		}
+		if (!b->hydrating) {
+			rc = err_set(EINVAL, "blob_hydrate_wait without blob_hydrate_start");
+			break;
+		}
+		if (pthread_cond_timedwait(&b->cv, &b->mu, &dl) == ETIMEDOUT) {
+			rc = err_set(ETIMEDOUT, "hydration of %s not complete after %llu ms (%llu of %llu chunks)",
+				     b->key, (unsigned long long)timeout_ms, (unsigned long long)b->present,
+				     (unsigned long long)b->n);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&b->mu);
+	return rc;
+}
+
+void blob_set_listener(struct blob *b, blob_listener fn, void *arg)
+{
+	pthread_mutex_lock(&b->mu);
+	b->listener = fn;
+	b->listener_arg = arg;
+	pthread_mutex_unlock(&b->mu);
+}
+
+void blob_get_stats(struct blob *b, struct blob_stats *st)
+{
+	pthread_mutex_lock(&b->mu);
+	st->size = b->size;
+	st->chunk_size = b->cs;
+	st->nchunks = b->n;
+	st->chunks_zero = b->zero;
+	st->chunks_present = b->present;
+	st->bytes_fetched = b->bytes_fetched;
+	st->fetches = b->fetches;
+	st->fetch_failures = b->fetch_failures;
+	st->verify_failures = __atomic_load_n(&b->verify_failures, __ATOMIC_RELAXED);
+	st->cache_hits_at_open = b->cache_hits;
+	st->inflight = (uint64_t)b->inflight;
+	for (int p = 0; p < PRIO_COUNT; p++)
+		st->queued[p] = b->q[p].tail - b->q[p].head;
+	pthread_mutex_unlock(&b->mu);
+}
+
+/* --- open / close --- */
+
+static int read_index(struct blob *b, uint8_t *probe, uint64_t got)
+{
+	uint64_t ilen;
+	int rc = img_header_len(probe, got, &ilen);
+	if (rc < 0)
+		return err_wrap(rc, "%s", b->key);
+	uint8_t *buf = probe;
+	if (ilen > got) {
+		/* The second (and last) request for the index, pinned to the first's version. */
+		buf = malloc(ilen);
+		if (!buf)
+			return err_set(ENOMEM, "out of memory for a %llu-byte index", (unsigned long long)ilen);
+		memcpy(buf, probe, got);
+		uint64_t n2 = 0;
+		rc = store_get(b->s, b->key, got, ilen - got, buf + got, b->etag, &n2, NULL, NULL);
+		if (rc == 0 && n2 != ilen - got)
+			rc = err_set(EINVAL, "%s: image index truncated (%llu of %llu bytes)", b->key,
+				     (unsigned long long)(got + n2), (unsigned long long)ilen);
+	}
+	if (rc == 0)
+		rc = img_decode(buf, ilen, &b->ix);
+	if (buf != probe)
+		free(buf);
+	return rc < 0 ? err_wrap(rc, "%s", b->key) : 0;
+}
+
+int blob_open(struct store *s, const char *key, const struct blob_opts *opts, struct blob **out)
+{
+	struct blob *b = calloc(1, sizeof *b);
+	if (!b)
+		return err_set(ENOMEM, "out of memory");
+	b->s = s;
+	if (opts)
+		b->o = *opts;
+	else
+		blob_opts_default(&b->o);
+	if (b->o.jobs < 1)
+		b->o.jobs = 16;
+	if (b->o.bg_jobs < 1 || b->o.bg_jobs > b->o.jobs)
+		/* Leave demand a free slot or two, so a fault never queues behind the pusher. */
+		b->o.bg_jobs = b->o.jobs > 2 ? b->o.jobs - 2 : 1;
+	if (!b->o.plain_chunk_size)
+		b->o.plain_chunk_size = 1u << 20;
+	snprintf(b->key, sizeof b->key, "%s", key);
+	pthread_mutex_init(&b->mu, NULL);
+	pthread_cond_init(&b->cv, NULL);
+
+	uint8_t *probe = malloc(IMG_PROBE_LEN);
+	int rc = probe ? 0 : err_set(ENOMEM, "out of memory");
+	uint64_t got = 0, osize = 0;
+	if (rc == 0)
+		rc = store_get(s, key, 0, IMG_PROBE_LEN, probe, NULL, &got, &osize, b->etag);
+	if (rc == 0 && img_is_index(probe, got)) {
+		b->image = 1;
+		rc = read_index(b, probe, got);
+		if (rc == 0) {
+			b->size = b->ix.size;
+			b->shift = b->ix.chunk_shift;
+			b->n = b->ix.nchunks;
+		}
+	} else if (rc == 0) {
+		uint64_t cs = b->o.plain_chunk_size;
+		if (cs & (cs - 1) || cs < 4096)
+			rc = err_set(EINVAL, "plain chunk size %llu is not a power of two >= 4096",
+				     (unsigned long long)cs);
+		b->size = osize;
+		b->shift = (unsigned)__builtin_ctzll(cs);
+		b->n = (osize + cs - 1) / cs;
+	}
+	free(probe);
+	if (rc < 0) {
+		blob_close(b);
+		return rc;
+	}
+	b->cs = 1ull << b->shift;
+	b->state = calloc(b->n ? b->n : 1, 1);
+	b->qprio = calloc(b->n ? b->n : 1, 1);
+	if (!b->state || !b->qprio) {
+		blob_close(b);
+		return err_set(ENOMEM, "out of memory for a chunk map of %llu chunks", (unsigned long long)b->n);
+	}
+	for (uint64_t i = 0; b->image && i < b->n; i++)
+		if (b->ix.map[i] == 0) {
+			b->state[i] = C_PRESENT;
+			b->zero++;
+		}
+	b->present = b->zero;
+	if (b->o.cache_dir) {
+		rc = cache_open(b->o.cache_dir, s, key, b->etag, b->size, b->cs, b->o.writable, &b->cache);
+		if (rc == 0)
+			rc = cache_load_present(b->cache, b->state, C_PRESENT, b->image ? &b->ix : NULL, &b->cache_hits);
+		if (rc == 0)
+			b->present = 0;
+		for (uint64_t i = 0; rc == 0 && i < b->n; i++)
+			b->present += b->state[i] == C_PRESENT;
+	} else if (b->n) {
+		b->mem_len = (size_t)(b->n << b->shift);
+		b->mem = mmap(NULL, b->mem_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (b->mem == MAP_FAILED) {
+			b->mem = NULL;
+			rc = err_set(ENOMEM, "cannot map %zu bytes for %s", b->mem_len, key);
+		}
+	}
+	if (rc < 0) {
+		blob_close(b);
+		return rc;
+	}
+	*out = b;
+	return 0;
+}
+
+void blob_close(struct blob *b)
+{
+	if (!b)
+		return;
+	pthread_mutex_lock(&b->mu);
+	b->closing = 1;
+	b->hydrating = 0;
+	pthread_cond_broadcast(&b->cv);
+	/* Fetches in flight point at this blob; let them land (the store bounds them). */
+	while (b->inflight > 0)
+		pthread_cond_wait(&b->cv, &b->mu);
+	pthread_mutex_unlock(&b->mu);
+	if (b->ticker_running)
+		pthread_join(b->ticker, NULL);
+	if (b->cache)
+		cache_close(b->cache);
+	if (b->mem)
+		munmap(b->mem, b->mem_len);
+	for (int p = 0; p < PRIO_COUNT; p++)
+		free(b->q[p].v);
+	free(b->first);
+	free(b->state);
+	free(b->qprio);
+	img_index_free(&b->ix);
+	free(b);
+}

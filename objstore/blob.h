@@ -1,0 +1,96 @@
+/* blob.h - the lazy blob: "give me bytes [off, off+len)" over a remote object,
+ * fetched chunk by chunk on demand.  fusefs/ and uffd/ both sit on this.
+ *
+ * A blob is either a thaw image (chunks are content-addressed objects, checked
+ * against their XXH3-128 on arrival; zero chunks cost nothing) or a plain object
+ * (chunks are ranged GETs pinned to the ETag seen at open).
+ *
+ * Each chunk is fetched at most once at a time however many threads wait for
+ * it (single flight).  Pending fetches wait in three queues, served strictly
+ * in order: demand > readahead > background; a demand for a chunk queued at a
+ * lower priority promotes it.  At most opts.jobs fetches run at once.
+ *
+ * Bytes live in a backing: anonymous memory (MAP_NORESERVE, the uffd server's
+ * choice: it installs straight from there) or, with opts.cache_dir, a persistent
+ * cache directory (a sparse data file and a chunk map per object version; see
+ * cache.h).  A chunk is "present" only after its bytes passed verification and
+ * were committed to the backing. */
+#ifndef THAW_BLOB_H
+#define THAW_BLOB_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "format.h"
+#include "store.h"
+
+enum blob_prio { PRIO_DEMAND = 0, PRIO_READAHEAD = 1, PRIO_BACKGROUND = 2, PRIO_COUNT };
+
+struct blob_opts {
+	int jobs;                 /* fetches in flight (default 16) */
+	uint64_t plain_chunk_size;/* chunk size for plain objects (default 1 MiB, power of two) */
+	const char *cache_dir;    /* NULL: anonymous-memory backing; else persistent cache */
+	int writable;             /* allow blob_write (copy-on-write into the cache) */
+	uint64_t bg_bytes_per_sec;/* cap for background fetches; 0 = none */
+	int bg_jobs;              /* background fetches in flight (default: jobs) */
+};
+
+struct blob_stats {
+	uint64_t size, chunk_size, nchunks;
+	uint64_t chunks_zero;      /* image chunks known zero (never fetched) */
+	uint64_t chunks_present;   /* including zero chunks */
+	uint64_t bytes_fetched;    /* from the store, this session */
+	uint64_t fetches, fetch_failures, verify_failures;
+	uint64_t cache_hits_at_open; /* chunks found valid in a persistent cache at open */
+	uint64_t inflight;
+	uint64_t queued[PRIO_COUNT];
+};
+
+/* A listener hears about every chunk that becomes present (rc == 0) or whose
+ * fetch failed (rc < 0).  Called from a store thread: do little, don't block. */
+typedef void (*blob_listener)(void *arg, uint64_t idx, int rc);
+
+struct blob;
+
+void blob_opts_default(struct blob_opts *o);
+/* Open key in s as a blob: one or two GETs read an image index, or a HEAD-like
+ * first GET finds a plain object.  The store must outlive the blob. */
+int blob_open(struct store *s, const char *key, const struct blob_opts *o, struct blob **out);
+void blob_close(struct blob *b);
+
+uint64_t blob_size(const struct blob *b);
+uint64_t blob_chunk_size(const struct blob *b);
+uint64_t blob_nchunks(const struct blob *b);
+int blob_is_image(const struct blob *b);
+const char *blob_etag(const struct blob *b);     /* the index's or plain object's ETag */
+const struct img_index *blob_index(const struct blob *b); /* NULL for plain objects */
+uint64_t blob_chunk_len(const struct blob *b, uint64_t idx);
+/* 1 if chunk idx is known to be all zeros without fetching (image zero chunk). */
+int blob_chunk_is_zero(const struct blob *b, uint64_t idx);
+int blob_chunk_present(const struct blob *b, uint64_t idx);
+
+/* Ask for chunk idx at prio; returns at once. */
+void blob_request(struct blob *b, uint64_t idx, enum blob_prio prio);
+/* Make chunk idx present and wait for it (or its failure).  0 or <0 + err_msg. */
+int blob_ensure(struct blob *b, uint64_t idx, enum blob_prio prio);
+/* Read [off, off+len) (clipped at the end of the blob), fetching what is missing
+ * at prio.  Returns bytes read or <0 + err_msg.  Never returns unverified bytes. */
+ssize_t blob_read(struct blob *b, void *buf, size_t len, uint64_t off, enum blob_prio prio);
+/* Memory backing only: the address of chunk idx's bytes (valid once present,
+ * until blob_close).  NULL for a persistent-cache backing. */
+void *blob_chunk_ptr(struct blob *b, uint64_t idx);
+
+/* Background hydration: queue every chunk not yet present at PRIO_BACKGROUND,
+ * those listed in `first` (may be NULL) before the rest, the rest in address
+ * order.  Demand and readahead always go ahead of it. */
+int blob_hydrate_start(struct blob *b, const uint64_t *first, size_t nfirst);
+/* Wait until every chunk is present or one has failed; timeout_ms 0 = no limit.
+ * 0 when complete, -ETIMEDOUT, or the first failure. */
+int blob_hydrate_wait(struct blob *b, uint64_t timeout_ms);
+int blob_complete(const struct blob *b);
+
+void blob_set_listener(struct blob *b, blob_listener fn, void *arg);
+void blob_get_stats(struct blob *b, struct blob_stats *st);
+
+#endif

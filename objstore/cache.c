@@ -1,0 +1,291 @@
+/* cache.c - the persistent chunk cache; see cache.h for the layout and the
+ * durability rule (bytes first, fdatasync, then the map entry). */
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "../common/log.h"
+#include "../common/timeutil.h"
+#include "cache.h"
+
+#define MAP_MAGIC "THAWCMAP"
+#define MAP_VERSION 1
+#define MAP_HDR 4096 /* header block: magic, version, size, chunk size, etag, location, checksum */
+
+struct cache {
+	char dir[4096];
+	int data_fd, map_fd;
+	uint64_t size, cs, n;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	uint64_t *pend_idx, *pend_sum; /* committed, not yet durable */
+	size_t npend, cap;
+	int stop;
+	pthread_t flusher;
+	int flush_err;
+};
+
+static int mkdir_p(char *path)
+{
+	for (char *p = path + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = 0;
+		int rc = mkdir(path, 0700);
+		int e = errno;
+		*p = '/';
+		if (rc < 0 && e != EEXIST)
+			return -e;
+	}
+	if (mkdir(path, 0700) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+static void make_header(struct cache *c, const char *loc, const char *etag, uint8_t *h)
+{
+	memset(h, 0, MAP_HDR);
+	memcpy(h, MAP_MAGIC, 8);
+	uint32_t v = MAP_VERSION;
+	memcpy(h + 8, &v, 4);
+	memcpy(h + 16, &c->size, 8);
+	memcpy(h + 24, &c->cs, 8);
+	snprintf((char *)h + 64, 256, "%s", etag);
+	snprintf((char *)h + 320, MAP_HDR - 320 - 8, "%s", loc);
+	uint64_t sum = XXH3_64bits(h, MAP_HDR - 8);
+	memcpy(h + MAP_HDR - 8, &sum, 8);
+}
+
+static void *flusher_main(void *arg)
+{
+	struct cache *c = arg;
+	pthread_mutex_lock(&c->mu);
+	while (!c->stop) {
+		struct timespec dl = deadline_after_ms(200);
+		pthread_cond_timedwait(&c->cv, &c->mu, &dl);
+		pthread_mutex_unlock(&c->mu);
+		cache_flush(c);
+		pthread_mutex_lock(&c->mu);
+	}
+	pthread_mutex_unlock(&c->mu);
+	return NULL;
+}
+
+int cache_open(const char *root, struct store *s, const char *key, const char *etag, uint64_t size,
+	       uint64_t chunk_size, int writable, struct cache **out)
+{
+	(void)writable;
+	struct cache *c = calloc(1, sizeof *c);
+	if (!c)
+		return err_set(ENOMEM, "out of memory");
+	char loc[8192];
+	url_format(&s->url, loc, sizeof loc);
+	snprintf(loc + strlen(loc), sizeof loc - strlen(loc), "%s", key);
+	snprintf(c->dir, sizeof c->dir, "%s/%016llx-%016llx", root, (unsigned long long)XXH3_64bits(loc, strlen(loc)),
+		 (unsigned long long)XXH3_64bits(etag, strlen(etag)));
+	c->size = size;
+	c->cs = chunk_size;
+	c->n = (size + chunk_size - 1) / chunk_size;
+	c->data_fd = c->map_fd = -1;
+	pthread_mutex_init(&c->mu, NULL);
+	pthread_cond_init(&c->cv, NULL);
+	int rc = mkdir_p(c->dir);
+	if (rc < 0) {
+		free(c);
+		return err_set(-rc, "cache directory %s: %s", root, strerror(-rc));
+	}
+	char p[4200];
+	uint8_t *want = malloc(MAP_HDR), *have = malloc(MAP_HDR);
+	if (!want || !have) {
+		rc = err_set(ENOMEM, "out of memory");
+		goto fail;
+	}
+	make_header(c, loc, etag, want);
+	snprintf(p, sizeof p, "%s/map", c->dir);
+	c->map_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (c->map_fd < 0) {
+		rc = err_set(errno, "open cache map %s: %s", p, strerror(errno));
+		goto fail;
+	}
+	ssize_t n = pread(c->map_fd, have, MAP_HDR, 0);
+	struct stat st;
+	fstat(c->map_fd, &st);
+	int fresh = n != MAP_HDR || memcmp(have, want, MAP_HDR) ||
+		    (uint64_t)st.st_size != MAP_HDR + 8 * c->n;
+	if (fresh) {
+		if (n > 0)
+			log_warn("cache %s: map from another thaw version or damaged; rebuilding it", c->dir);
+		if (ftruncate(c->map_fd, 0) < 0 || ftruncate(c->map_fd, (off_t)(MAP_HDR + 8 * c->n)) < 0 ||
+		    pwrite(c->map_fd, want, MAP_HDR, 0) != MAP_HDR) {
+			rc = err_set(errno, "write cache map %s: %s", p, strerror(errno));
+			goto fail;
+		}
+	}
+	snprintf(p, sizeof p, "%s/data", c->dir);
+	c->data_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC | (fresh ? O_TRUNC : 0), 0600);
+	if (c->data_fd < 0 || ftruncate(c->data_fd, (off_t)size) < 0) {
+		rc = err_set(errno, "open cache data %s: %s", p, strerror(errno));
+		goto fail;
+	}
+	if (pthread_create(&c->flusher, NULL, flusher_main, c)) {
+		rc = err_set(EAGAIN, "cannot start the cache flusher");
+		goto fail;
+	}
+	free(want);
+	free(have);
+	*out = c;
+	return 0;
+fail:
+	free(want);
+	free(have);
+	if (c->map_fd >= 0)
+		close(c->map_fd);
+	if (c->data_fd >= 0)
+		close(c->data_fd);
+	free(c);
+	return rc;
+}
+
+static int read_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t got = 0;
+	while (got < len) {
+		ssize_t n = pread(fd, (char *)buf + got, len - got, (off_t)(off + got));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		got += (size_t)n;
+	}
+	return 0;
+}
+
+int cache_load_present(struct cache *c, uint8_t *state, uint8_t present_value, const struct img_index *ix,
+		       uint64_t *hits)
+{
+	uint64_t *sums = malloc((c->n ? c->n : 1) * 8);
+	uint8_t *buf = malloc(c->cs);
+	int rc = 0;
+	*hits = 0;
+	if (!sums || !buf) {
+		rc = err_set(ENOMEM, "out of memory reading cache map");
+		goto out;
+	}
+	if (c->n && read_full(c->map_fd, sums, c->n * 8, MAP_HDR) < 0) {
+		rc = err_set(EIO, "read cache map in %s", c->dir);
+		goto out;
+	}
+	uint64_t bad = 0;
+	for (uint64_t i = 0; i < c->n; i++) {
+		if (!sums[i] || (ix && ix->map[i] == 0))
+			continue;
+		uint64_t len = c->size - i * c->cs < c->cs ? c->size - i * c->cs : c->cs;
+		if (read_full(c->data_fd, buf, len, i * c->cs) == 0 && XXH3_64bits(buf, len) == sums[i]) {
+			state[i] = present_value;
+			(*hits)++;
+			continue;
+		}
+		bad++;
+		uint64_t zero = 0;
+		if (pwrite(c->map_fd, &zero, 8, MAP_HDR + 8 * i) != 8) {
+			rc = err_set(errno, "update cache map in %s: %s", c->dir, strerror(errno));
+			goto out;
+		}
+	}
+	if (bad)
+		log_warn("cache %s: %llu chunks failed verification and will be fetched again", c->dir,
+			 (unsigned long long)bad);
+out:
+	free(sums);
+	free(buf);
+	return rc;
+}
+
+int cache_commit(struct cache *c, uint64_t idx, const void *buf, uint64_t len)
+{
+	uint64_t done = 0;
+	while (done < len) {
+		ssize_t n = pwrite(c->data_fd, (const char *)buf + done, len - done, (off_t)(idx * c->cs + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return err_set(errno, "cache write of chunk %llu in %s: %s%s", (unsigned long long)idx, c->dir,
+				       strerror(errno), errno == ENOSPC ? " (cache disk full)" : "");
+		done += (uint64_t)n;
+	}
+	uint64_t sum = XXH3_64bits(buf, len);
+	if (!sum)
+		sum = 1; /* 0 means absent; a chunk whose hash is 0 just fails verification once */
+	pthread_mutex_lock(&c->mu);
+	if (c->npend == c->cap) {
+		size_t nc = c->cap ? c->cap * 2 : 256;
+		uint64_t *a = realloc(c->pend_idx, nc * 8), *b2 = a ? realloc(c->pend_sum, nc * 8) : NULL;
+		if (a)
+			c->pend_idx = a;
+		if (b2)
+			c->pend_sum = b2;
+		if (!a || !b2) {
+			pthread_mutex_unlock(&c->mu);
+			return err_set(ENOMEM, "out of memory");
+		}
+		c->cap = nc;
+	}
+	c->pend_idx[c->npend] = idx;
+	c->pend_sum[c->npend++] = sum;
+	pthread_mutex_unlock(&c->mu);
+	return 0;
+}
+
+int cache_flush(struct cache *c)
+{
+	pthread_mutex_lock(&c->mu);
+	size_t n = c->npend;
+	uint64_t *idx = c->pend_idx, *sum = c->pend_sum;
+	c->pend_idx = c->pend_sum = NULL;
+	c->npend = c->cap = 0;
+	pthread_mutex_unlock(&c->mu);
+	if (!n) {
+		free(idx);
+		free(sum);
+		return 0;
+	}
+	int rc = 0;
+	if (fdatasync(c->data_fd) < 0)
+		rc = err_set(errno, "fdatasync cache data in %s: %s", c->dir, strerror(errno));
+	for (size_t i = 0; rc == 0 && i < n; i++)
+		if (pwrite(c->map_fd, &sum[i], 8, (off_t)(MAP_HDR + 8 * idx[i])) != 8)
+			rc = err_set(errno, "write cache map in %s: %s", c->dir, strerror(errno));
+	if (rc < 0)
+		log_error("%s (those chunks stay unrecorded and will be fetched again)", err_msg());
+	free(idx);
+	free(sum);
+	return rc;
+}
+
+int cache_read(struct cache *c, void *buf, size_t len, uint64_t off)
+{
+	int rc = read_full(c->data_fd, buf, len, off);
+	return rc < 0 ? err_set(-rc, "read cache data in %s: %s", c->dir, strerror(-rc)) : 0;
+}
+
+const char *cache_dir(const struct cache *c) { return c->dir; }
+
+void cache_close(struct cache *c)
+{
+	pthread_mutex_lock(&c->mu);
+	c->stop = 1;
+	pthread_cond_signal(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+	pthread_join(c->flusher, NULL);
+	cache_flush(c);
+	close(c->data_fd);
+	close(c->map_fd);
+	free(c->pend_idx);
+	free(c->pend_sum);
+	free(c);
+}

@@ -1,0 +1,38 @@
+/* cache.h - the persistent chunk cache behind a lazy blob (thaw mount --cache).
+ *
+ * One directory per object version under the cache root, named from the store
+ * location, the key and the ETag, so a changed object never meets stale bytes:
+ *   <root>/<xxh64(location)>-<xxh64(etag)>/data   sparse file, the object's bytes
+ *   <root>/<...>/map                             header + one u64 per chunk
+ * A map entry is the XXH3-64 of the chunk as committed (0 = absent).  Entries
+ * are written only after an fdatasync of the data file has made the chunk's
+ * bytes durable (a flusher batches that), and on open every recorded chunk is
+ * read back and checked against its entry: a chunk damaged by a crash or by
+ * hand is simply fetched again.  A map from another thaw version, or one whose
+ * header does not match the object, is discarded and rebuilt. */
+#ifndef THAW_CACHE_H
+#define THAW_CACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "format.h"
+#include "store.h"
+
+struct cache;
+
+int cache_open(const char *root, struct store *s, const char *key, const char *etag, uint64_t size,
+	       uint64_t chunk_size, int writable, struct cache **out);
+/* Mark state[i] = present_value for every chunk the cache holds verified
+ * bytes of; *hits counts them (zero chunks of an image are not counted). */
+int cache_load_present(struct cache *c, uint8_t *state, uint8_t present_value, const struct img_index *ix,
+		       uint64_t *hits);
+/* Write chunk idx's verified bytes; durable (and recorded) at the next flush. */
+int cache_commit(struct cache *c, uint64_t idx, const void *buf, uint64_t len);
+int cache_read(struct cache *c, void *buf, size_t len, uint64_t off);
+/* Make every committed chunk durable and recorded now. */
+int cache_flush(struct cache *c);
+const char *cache_dir(const struct cache *c);
+void cache_close(struct cache *c);
+
+#endif
