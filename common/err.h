@@ -9,6 +9,7 @@
 #define THAW_ERR_H
 
 #include <errno.h>
+#include <stddef.h>
 
 #define ERR_MSG_MAX 512
 
