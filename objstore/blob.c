@@ -58,6 +58,7 @@ struct blob {
 	uint8_t *qprio;    /* the priority a QUEUED chunk waits at */
 	struct fifo q[PRIO_COUNT];
 	int inflight, inflight_bg;
+	int completing; /* completions still running outside the lock */
 	int closing;
 	char last_err[ERR_MSG_MAX];
 
@@ -276,12 +277,18 @@ static void fetch_done(struct store_op *op)
 		dispatch(b);
 	blob_listener fn = b->listener;
 	void *arg = b->listener_arg;
+	int own_buf = !b->mem;
+	b->completing++; /* keeps blob_close waiting until we are out */
 	pthread_mutex_unlock(&b->mu);
 	if (fn)
 		fn(arg, f->idx, rc);
-	if (!b->mem)
+	if (own_buf)
 		free(f->buf);
 	free(f);
+	pthread_mutex_lock(&b->mu);
+	if (--b->completing == 0 && b->closing)
+		pthread_cond_broadcast(&b->cv);
+	pthread_mutex_unlock(&b->mu);
 }
 
 /* The next background chunk from the hydration order, or 0 if none. */
@@ -668,7 +675,7 @@ void blob_close(struct blob *b)
 	b->hydrating = 0;
 	pthread_cond_broadcast(&b->cv);
 	/* Fetches in flight point at this blob; let them land (the store bounds them). */
-	while (b->inflight > 0)
+	while (b->inflight > 0 || b->completing > 0)
 		pthread_cond_wait(&b->cv, &b->mu);
 	pthread_mutex_unlock(&b->mu);
 	if (b->ticker_running)

@@ -51,7 +51,7 @@ int url_parse(const char *s, struct thaw_url *u)
 		memcpy(u->root, b, bn);
 		const char *k = slash ? slash + 1 : "";
 		if (strlen(k) >= sizeof u->key)
-			return err_set(EINVAL, "'%s': key longer than %zu bytes", s, sizeof u->key - 1);
+			return err_set(EINVAL, "key longer than %zu bytes in '%.60s...'", sizeof u->key - 1, s);
 		if (!valid_key(k))
 			return err_set(EINVAL, "'%s': key has a '..' component or a control character", s);
 		strcpy(u->key, k);
