@@ -9,6 +9,7 @@
 
 struct ls {
 	int recursive;
+	size_t strip; /* one level: show names relative to the listed directory, like `aws s3 ls` */
 	uint64_t n, bytes;
 };
 
@@ -17,8 +18,9 @@ static int print_entry(const struct store_entry *e, void *arg)
 	struct ls *l = arg;
 	if (!strncmp(e->key, ".thaw/", 6) || strstr(e->key, "/.thaw/"))
 		return 0;
+	const char *name = e->key + (strlen(e->key) >= l->strip ? l->strip : 0);
 	if (e->is_prefix) {
-		printf("%19s %12s  %s\n", "", "PRE", e->key);
+		printf("%19s %12s  %s\n", "", "PRE", name);
 		return 0;
 	}
 	char when[32] = "";
@@ -26,7 +28,7 @@ static int print_entry(const struct store_entry *e, void *arg)
 	time_t t = (time_t)e->mtime;
 	if (e->mtime && gmtime_r(&t, &tm))
 		strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
-	printf("%19s %12llu  %s\n", when, (unsigned long long)e->size, e->key);
+	printf("%19s %12llu  %s\n", when, (unsigned long long)e->size, name);
 	l->n++;
 	l->bytes += e->size;
 	return 0;
@@ -56,6 +58,9 @@ int cmd_ls(int argc, char **argv)
 	char key[STORE_KEY_MAX];
 	if (cli_open(argv[optind], 0, &s, key, sizeof key) < 0)
 		return cli_fail("ls");
+	const char *slash = strrchr(key, '/');
+	if (!l.recursive && slash)
+		l.strip = (size_t)(slash - key) + 1;
 	int rc = store_list(s, key, l.recursive ? NULL : "/", print_entry, &l);
 	store_close(s);
 	if (rc < 0)

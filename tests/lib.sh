@@ -43,19 +43,24 @@ start_s3rver() {
 	S3_BUCKET=$bucket
 }
 
-# make_mixed FILE SIZE_BYTES: random data, zero runs and repeated blocks.
+# make_mixed FILE SIZE_BYTES: 1 MiB blocks cycling through random, zero,
+# repeated and random-with-a-zero-run, so chunked images see every case.
 make_mixed() {
 	python3 - "$1" "$2" <<'PY'
 import os, sys
 path, size = sys.argv[1], int(sys.argv[2])
-rnd = os.urandom(1 << 20)
-rep = os.urandom(1 << 20)
+M = 1 << 20
+rep = os.urandom(M)
 with open(path, "wb") as f:
     left, i = size, 0
     while left > 0:
         kind = i % 4
-        blk = (rnd if kind == 0 else b"\0" * (1 << 20) if kind == 1 else rep if kind == 2 else os.urandom(1 << 20))
-        n = min(left, len(blk) - (i * 4099) % 7)
+        if kind == 0: blk = os.urandom(M)
+        elif kind == 1: blk = bytes(M)
+        elif kind == 2: blk = rep
+        else:
+            blk = bytearray(os.urandom(M)); blk[100000:300000] = bytes(200000); blk = bytes(blk)
+        n = min(left, M)
         f.write(blk[:n]); left -= n; i += 1
 PY
 }
