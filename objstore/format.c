@@ -16,7 +16,9 @@ static void wr64(uint8_t *p, uint64_t v) { v = htole64(v); memcpy(p, &v, 8); }
 
 int img_is_index(const void *buf, size_t len)
 {
-	return len >= IMG_HEADER_LEN && !memcmp(buf, IMG_MAGIC, 8);
+	/* The magic alone decides: a short object that starts with it is a
+	 * truncated image (and gets that error), not a plain object. */
+	return len >= 8 && !memcmp(buf, IMG_MAGIC, 8);
 }
 
 /* Header fields, once validated. */

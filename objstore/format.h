@@ -43,7 +43,7 @@ static inline uint64_t img_chunk_len(const struct img_index *ix, uint64_t i)
 	return ix->size - off < cs ? ix->size - off : cs;
 }
 
-/* Is buf (at least IMG_HEADER_LEN bytes) the start of a thaw image? */
+/* Does buf start with the image magic (then it is an image, maybe a damaged one)? */
 int img_is_index(const void *buf, size_t len);
 /* Total index length announced by a header (validated against the other header
  * fields), or <0 with err_msg() if the header is malformed. */

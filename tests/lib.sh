@@ -64,3 +64,23 @@ with open(path, "wb") as f:
         f.write(blk[:n]); left -= n; i += 1
 PY
 }
+
+# start_faultproxy: a fault-injecting proxy in front of s3rver (start_s3rver
+# first); points AWS_ENDPOINT_URL at it.  fault RULE adds a rule, fault_clear
+# removes them, fault_gets PATTERN counts GETs whose target contains PATTERN.
+start_faultproxy() {
+	"$TOOLS/faultproxy" --listen 127.0.0.1:0 --upstream "127.0.0.1:$S3_PORT" --port-file "$T/proxy.port" \
+		--log "$T/proxy.log" --quiet 2>"$T/proxy.err" &
+	PROXY_PID=$!
+	at_exit "kill $PROXY_PID 2>/dev/null; wait $PROXY_PID 2>/dev/null"
+	i=0
+	until [ -s "$T/proxy.port" ]; do
+		i=$((i + 1)); [ $i -lt 100 ] || fail "faultproxy did not start: $(cat "$T/proxy.err")"
+		sleep 0.05
+	done
+	PROXY="http://127.0.0.1:$(cat "$T/proxy.port")"
+	export AWS_ENDPOINT_URL="$PROXY"
+}
+fault() { curl -sf "$PROXY/__fault/set?rule=$1" >/dev/null || fail "bad fault rule $1"; }
+fault_clear() { curl -sf "$PROXY/__fault/clear?stats=1" >/dev/null; : >"$T/proxy.log"; }
+fault_gets() { grep -c "^GET [^ ]*$1" "$T/proxy.log" || true; }
