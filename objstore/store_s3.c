@@ -596,11 +596,16 @@ static size_t on_write(char *buf, size_t size, size_t nmemb, void *arg)
 		uint64_t base = r->got;
 		r->got += len;
 		if (r->status == 206) {
-			/* body byte i is object byte off+i; take no more than len */
+			/* body byte i is object byte off+i; take no more than len, and
+			 * hang up on a server that sends more than was asked for */
 			if (base < r->len) {
 				uint64_t n = len < r->len - base ? len : r->len - base;
 				memcpy(r->dst + base, buf, n);
 				r->delivered += n;
+			}
+			if (r->got >= r->len && r->cr_last - r->cr_first + 1 > r->len) {
+				r->enough = 1;
+				return 0;
 			}
 			return len;
 		}
@@ -904,7 +909,7 @@ static void get_done(struct s3 *x, struct req *r)
 	}
 	if (r->status == 206) {
 		uint64_t promised = r->cr_last - r->cr_first + 1;
-		if (r->got < promised) {
+		if (!r->enough && r->got < promised) {
 			retry_or_fail(x, r, -EIO, "short body: %llu of %llu bytes", (unsigned long long)r->got,
 				      (unsigned long long)promised);
 			return;

@@ -70,6 +70,12 @@ run "$C" "$S" get small 500000 10 "$T/got"; [ $rc = 0 ] || fail "get after end: 
 run "$C" "$S" get small 10 0 "$T/got"; [ $rc = 0 ] || fail "zero-length get: $(cat "$T/err")"
 [ "$(field nread)" = 0 ] && [ "$(field size)" = 100000 ] || fail "zero-length get: $(cat "$T/out")"
 run "$C" "$S" get small 0 10 "$T/got" "$etag"; [ $rc = 0 ] || fail "get pinned to the right ETag: $(cat "$T/err")"
+# s3rver answers "Range: bytes=0-0" with the whole object as a 206: keep one
+# byte and hang up instead of reading the rest.
+run "$C" -s "$S" get small 0 1 "$T/got"; [ $rc = 0 ] && [ "$(field nread)" = 1 ] || fail "1-byte get: $(cat "$T/out" "$T/err")"
+head -c 1 "$T/small" | cmp -s - "$T/got" || fail "1-byte get bytes"
+bin=$(sed -n 's/.*bytes_in=\([0-9]*\).*/\1/p' "$T/err")
+[ "$bin" -lt 100000 ] || fail "read $bin bytes of an over-long 206 for 1 byte"
 must_fail ESTALE 'changed while reading \(ETag ".*", expected "nope"\)' "$C" "$S" get small 0 10 "$T/got" '"nope"'
 
 # Everything else goes through a fault proxy (no faults unless a rule says so),
@@ -102,6 +108,15 @@ run "$C" "$S" head big; [ "$(field size)" = $((20 * 1048576 + 12345)) ] || fail 
 run "$C" "$S" get big 0 30000000 "$T/got"; [ $rc = 0 ] || fail "get big: $(cat "$T/err")"
 cmp -s "$T/big" "$T/got" || fail "multipart object differs from the file put"
 [ "$(field nread)" = $((20 * 1048576 + 12345)) ] || fail "big nread: $(cat "$T/out")"
+
+# Connections are kept alive and reused: 21 ranged GETs, 4 at a time.
+ctl 'clear?stats=1'
+run "$C" "$S" getpar big "$T/got" 1048576 4; [ $rc = 0 ] || fail "getpar: $(cat "$T/err")"
+cmp -s "$T/big" "$T/got" || fail "getpar bytes"
+conns=$(curl -sS "$PX/__fault/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["connections"], s["methods"]["GET"])')
+set -- $conns
+[ "$2" = 21 ] || fail "expected 21 GETs, proxy saw $2"
+[ "$1" -le 6 ] || fail "21 GETs, 4 at a time, used $1 connections: no keep-alive?"
 
 # --- listing: paging past 1000 keys, delimiter --------------------------------------
 run "$C" -s "$S" putmany many/k 1100; [ $rc = 0 ] || fail "putmany: $(cat "$T/err")"
@@ -191,6 +206,12 @@ must_fail EACCES "access denied" "$C" "$S" get small 0 10 "$T/got"
 ctl 'set?rule=status=500,method=GET'
 must_fail EIO "s3://thaw/small: GET failed: HTTP 500 InternalError \(gave up after 5 attempts\)" \
 	"$C" "$S" get small 0 10 "$T/got"
+# Closing the store ends every op, in flight or queued, with -ECANCELED, at once.
+ctl clear
+ctl 'set?rule=delay=5000,method=GET'
+run "$C" "$S" cancel small 20; [ $rc = 0 ] || fail "cancel: $(cat "$T/err")"
+[ "$(field canceled)" = 20 ] || fail "close did not cancel every op: $(cat "$T/out")"
+[ "$(field close_ms)" -lt 1000 ] || fail "close took $(field close_ms) ms"
 # ... or the time budget, whichever comes first.
 ctl clear
 ctl 'set?rule=delay=3000,method=HEAD'

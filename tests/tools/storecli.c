@@ -10,6 +10,8 @@
  *   storecli [-s] URL putmany PREFIX COUNT            COUNT small objects, all submitted at once
  *   storecli [-s] URL getpar KEY OUTFILE PART INFLIGHT  whole object in PART-byte ranged GETs
  *                                                     pinned to its ETag -> bytes=N secs=T MBps=X
+ *   storecli [-s] URL cancel KEY N                    submit N one-byte GETs, close the store
+ *                                                     200 ms later -> canceled=C done=D close_ms=T
  *
  * URL names the store (s3://bucket or file:///dir); -s prints the store's
  * counters on stderr at exit. */
@@ -219,16 +221,54 @@ static int cmd_getpar(struct store *s, const char *key, const char *out, uint64_
 	return rc;
 }
 
+/* close() must finish every op, queued or in flight, before it returns. */
+static int cmd_cancel(struct store **sp, const char *key, int n)
+{
+	struct store_op *ops = calloc((size_t)(n > 0 ? n : 1), sizeof *ops);
+	static char byte[1];
+	if (!ops)
+		return err_set(ENOMEM, "out of memory");
+	int rc = 0;
+	for (int i = 0; i < n && rc == 0; i++) {
+		ops[i].kind = STORE_GET;
+		snprintf(ops[i].key, sizeof ops[i].key, "%s", key);
+		ops[i].len = 1;
+		ops[i].buf = byte;
+		rc = submit_counted(*sp, &ops[i]);
+	}
+	usleep(200000); /* let the first max_inflight start; the rest stay queued */
+	double t0 = now_s();
+	store_close(*sp);
+	*sp = NULL;
+	double ms = (now_s() - t0) * 1e3;
+	pthread_mutex_lock(&W.mu);
+	int pending = W.pending;
+	pthread_mutex_unlock(&W.mu);
+	int canceled = 0, done = 0;
+	for (int i = 0; i < n; i++) {
+		canceled += ops[i].rc == -ECANCELED;
+		done += ops[i].rc == 0;
+	}
+	free(ops);
+	if (rc < 0)
+		return rc;
+	if (pending)
+		return err_set(EIO, "store_close returned with %d ops never completed", pending);
+	printf("canceled=%d done=%d close_ms=%.0f\n", canceled, done, ms);
+	return 0;
+}
+
 static int usage(void)
 {
 	fprintf(stderr, "usage: storecli [-s] URL get KEY OFF LEN OUTFILE [ETAG] | put KEY INFILE | head KEY |\n"
 			"       list [PREFIX [DELIM]] | delete KEY | putmany PREFIX COUNT |\n"
-			"       getpar KEY OUTFILE PART INFLIGHT\n");
+			"       getpar KEY OUTFILE PART INFLIGHT | cancel KEY N\n");
 	return 2;
 }
 
-static int run(struct store *s, int argc, char **argv)
+static int run(struct store **sp, int argc, char **argv)
 {
+	struct store *s = *sp;
 	const char *cmd = argv[0];
 	int rc;
 	if (!strcmp(cmd, "get") && (argc == 5 || argc == 6)) {
@@ -281,6 +321,8 @@ static int run(struct store *s, int argc, char **argv)
 		return store_delete(s, argv[1]);
 	if (!strcmp(cmd, "putmany") && argc == 3)
 		return cmd_putmany(s, argv[1], atoi(argv[2]));
+	if (!strcmp(cmd, "cancel") && argc == 3)
+		return cmd_cancel(sp, argv[1], atoi(argv[2]));
 	if (!strcmp(cmd, "getpar") && argc == 5)
 		return cmd_getpar(s, argv[1], argv[2], strtoull(argv[3], NULL, 0), atoi(argv[4]));
 	return -EINVAL - 1000; /* usage */
@@ -304,9 +346,9 @@ int main(int argc, char **argv)
 	struct store *s;
 	if ((rc = store_open(&u, NULL, &s)) < 0)
 		return die(rc);
-	rc = run(s, argc - 2, argv + 2);
+	rc = run(&s, argc - 2, argv + 2);
 	int ret = rc == -EINVAL - 1000 ? usage() : rc < 0 ? die(rc) : 0;
-	if (stats)
+	if (stats && s)
 		print_stats(s);
 	store_close(s);
 	return ret;
