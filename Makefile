@@ -81,7 +81,7 @@ asan:
 	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 test-run
 
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
-fuzz: deps
+fuzz: deps all
 	@sh tests/fuzz/run.sh $(FUZZ_SRCS)
 
 bench: bench-objstore bench-uffd
