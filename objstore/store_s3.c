@@ -19,7 +19,7 @@
  * added empty (an "X:" would be signed but not sent).
  *
  * Time budget: a request gives up at its deadline (op->t_deadline_ns; for the
- * parts of a multipart upload, max_total_ms from when the part started), and
+ * parts of a multipart upload, max_total_ms from when the part was queued), and
  * each attempt's CURLOPT_TIMEOUT_MS is what is left of it. */
 #include <curl/curl.h>
 #include <pthread.h>
@@ -130,7 +130,6 @@ struct s3 {
 
 	CURLM *multi;
 	pthread_t thread;
-	int thread_started;
 	pthread_mutex_t mu;
 	struct req *inbox, *inbox_tail;  /* guarded by mu */
 	int stop;                        /* guarded by mu */
@@ -1549,6 +1548,13 @@ static long check_stalls(struct s3 *x)
 	struct req *r = x->running;
 	while (r) {
 		struct req *n = r->next;
+		/* Complete may think silently for a long time (S3 sends blanks,
+		 * s3rver sends nothing while it joins the parts), and a retry after
+		 * it succeeded would find the upload gone: only the deadline bounds it. */
+		if (r->kind == R_MPU_COMPLETE) {
+			r = n;
+			continue;
+		}
 		uint64_t due = r->progress_ns + x->stall_ns;
 		if (due <= now) {
 			CURL *e = r->easy;
