@@ -12,6 +12,8 @@ int cmd_ls(int argc, char **argv);
 int cmd_stat(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_uffd_serve(int argc, char **argv);
+int cmd_mount(int argc, char **argv);
+int cmd_status(int argc, char **argv);
 
 /* Print "thaw <verb>: <message>" for the error on this thread; returns 1. */
 int cli_fail(const char *verb);

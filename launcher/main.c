@@ -17,6 +17,8 @@ static const struct {
 	{ "pull", cmd_pull, "download and verify a whole image or object (stop-and-copy)" },
 	{ "ls", cmd_ls, "list objects under a location" },
 	{ "stat", cmd_stat, "describe an image or object" },
+	{ "mount", cmd_mount, "serve a store location as a lazy FUSE filesystem" },
+	{ "status", cmd_status, "what a mount holds locally, fetch rates, hydration progress" },
 	{ "uffd-serve", cmd_uffd_serve, "serve a VM's memory on demand over Firecracker's UFFD handshake" },
 	{ "demo", cmd_demo, "resume a memory image lazily and compare with stop-and-copy" },
 };

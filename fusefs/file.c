@@ -1,0 +1,450 @@
+/* file.c - one file of a thaw mount: blob and overlay lifetime, and the
+ * read and write paths (see file.h).
+ *
+ * A read asks for its own chunks first (PRIO_DEMAND), then for the
+ * readahead window (PRIO_READAHEAD, fetched in parallel behind it), and only
+ * then waits, so the fetches overlap.  Once the bytes are in the persistent
+ * cache the reply hands libfuse the cache's file descriptor and offset, and
+ * libfuse splices them to the kernel without a copy through this process.
+ * Chunks written under --rw come from the overlay instead. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "../common/log.h"
+#include "../common/timeutil.h"
+#include "file.h"
+
+struct tfile *file_of(struct tnode *n)
+{
+	struct tfile *f = __atomic_load_n(&n->f, __ATOMIC_ACQUIRE);
+	if (f)
+		return f;
+	f = calloc(1, sizeof *f);
+	if (!f)
+		return NULL;
+	pthread_mutex_init(&f->mu, NULL);
+	pthread_mutex_init(&f->wmu, NULL);
+	f->data_fd = -1;
+	f->size = n->list_size;
+	struct tfile *seen = NULL;
+	if (!__atomic_compare_exchange_n(&n->f, &seen, f, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+		pthread_mutex_destroy(&f->mu);
+		pthread_mutex_destroy(&f->wmu);
+		free(f);
+		return seen;
+	}
+	return f;
+}
+
+uint64_t file_size(struct tnode *n)
+{
+	struct tfile *f = __atomic_load_n(&n->f, __ATOMIC_ACQUIRE);
+	return f ? __atomic_load_n(&f->size, __ATOMIC_RELAXED) : n->list_size;
+}
+
+void file_note_error(struct tnode *n, const char *what, const char *msg)
+{
+	struct tfile *f = file_of(n);
+	if (!f)
+		return;
+	uint64_t now = now_ns();
+	pthread_mutex_lock(&f->mu);
+	snprintf(f->err, sizeof f->err, "%s", msg);
+	f->nerrors++;
+	int say = now - f->last_log_ns >= 1000000000ull;
+	uint64_t quiet = f->quiet;
+	if (say) {
+		f->last_log_ns = now;
+		f->quiet = 0;
+	} else {
+		f->quiet++;
+	}
+	pthread_mutex_unlock(&f->mu);
+	if (say)
+		log_error("%s %s: %s%s", what, n->key, msg, quiet ? " (and earlier errors not logged)" : "");
+}
+
+/* The cache's data file, so reads can be spliced from it.  blob.h does not
+ * hand it out yet, so derive its path the way cache.c names it
+ * (<root>/<xxh64(location+key)>-<xxh64(etag)>/data) and check that it looks
+ * right; file_read also compares bytes once before trusting it.  Any doubt
+ * means no splice, never wrong bytes. */
+static int open_cache_data(struct thawfs *fs, struct store *s, const char *key, struct blob *b)
+{
+	char loc[8192];
+	url_format(&s->url, loc, sizeof loc);
+	size_t l = strlen(loc);
+	snprintf(loc + l, sizeof loc - l, "%s", key);
+	const char *etag = blob_etag(b);
+	char p[4400];
+	snprintf(p, sizeof p, "%s/%016llx-%016llx/data", fs->cache_root,
+		 (unsigned long long)XXH3_64bits(loc, strlen(loc)), (unsigned long long)XXH3_64bits(etag, strlen(etag)));
+	int fd = open(p, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (fd >= 0 && (fstat(fd, &st) < 0 || (uint64_t)st.st_size != blob_size(b))) {
+		close(fd);
+		fd = -1;
+	}
+	if (fd < 0)
+		log_debug("no cache data file for %s at %s; reads are copied", key, p);
+	return fd;
+}
+
+/* Open the blob (and overlay) of n.  Called with f->mu held. */
+static int open_blob(struct thawfs *fs, struct tnode *n, struct tfile *f)
+{
+	struct store *s;
+	char key[STORE_KEY_MAX];
+	struct blob *b = NULL;
+	int rc = tree_file_location(&fs->tree, n, &s, key, sizeof key);
+	if (rc == 0)
+		rc = blob_open(s, key, &fs->bo, &b);
+	if (rc == 0 && fs->o.rw) {
+		char loc[8192];
+		url_format(&s->url, loc, sizeof loc);
+		size_t l = strlen(loc);
+		snprintf(loc + l, sizeof loc - l, "%s", key);
+		rc = overlay_open(fs->overlay_root, loc, blob_etag(b), blob_size(b), blob_chunk_size(b), &f->ov);
+	}
+	if (rc < 0) {
+		if (b)
+			blob_close(b);
+		return rc;
+	}
+	f->b = b;
+	__atomic_store_n(&f->size, blob_size(b), __ATOMIC_RELAXED);
+	f->size_known = 1;
+	f->data_fd = fs->splice && blob_size(b) ? open_cache_data(fs, s, key, b) : -1;
+	f->fd_checked = 0;
+	f->rate_t_ns = now_ns();
+	f->rate_bytes = f->fetched_before;
+	return 0;
+}
+
+/* Called with f->mu held. */
+static void close_blob(struct tfile *f)
+{
+	if (!f->b)
+		return;
+	struct blob_stats st;
+	blob_get_stats(f->b, &st);
+	f->fetched_before += st.bytes_fetched;
+	overlay_close(f->ov);
+	f->ov = NULL;
+	if (f->data_fd >= 0)
+		close(f->data_fd);
+	f->data_fd = -1;
+	blob_close(f->b);
+	f->b = NULL;
+}
+
+static int acquire(struct thawfs *fs, struct tnode *n, int pin, struct blob **out)
+{
+	struct tfile *f = file_of(n);
+	if (!f)
+		return err_set(ENOMEM, "out of memory");
+	pthread_mutex_lock(&f->mu);
+	int rc = f->b ? 0 : open_blob(fs, n, f);
+	if (rc == 0 && pin)
+		f->users++;
+	if (rc == 0 && out)
+		*out = f->b;
+	pthread_mutex_unlock(&f->mu);
+	if (rc < 0)
+		file_note_error(n, "open", err_msg());
+	return rc;
+}
+
+int file_probe(struct thawfs *fs, struct tnode *n) { return acquire(fs, n, 0, NULL); }
+int file_pin(struct thawfs *fs, struct tnode *n, struct blob **b) { return acquire(fs, n, 1, b); }
+
+void file_maybe_close(struct thawfs *fs, struct tnode *n)
+{
+	(void)fs;
+	struct tfile *f = __atomic_load_n(&n->f, __ATOMIC_ACQUIRE);
+	if (!f)
+		return;
+	pthread_mutex_lock(&f->mu);
+	if (f->b && !f->users && !__atomic_load_n(&n->nlookup, __ATOMIC_ACQUIRE))
+		close_blob(f);
+	pthread_mutex_unlock(&f->mu);
+}
+
+void file_unpin(struct thawfs *fs, struct tnode *n)
+{
+	struct tfile *f = file_of(n);
+	pthread_mutex_lock(&f->mu);
+	f->users--;
+	pthread_mutex_unlock(&f->mu);
+	file_maybe_close(fs, n);
+}
+
+/* A per-thread reply buffer: FUSE worker threads live long, and a fresh
+ * 1 MiB malloc per read would be an mmap and 256 page faults each time. */
+struct tbuf {
+	size_t cap;
+	uint8_t *p;
+};
+static pthread_key_t tbuf_key;
+static pthread_once_t tbuf_once = PTHREAD_ONCE_INIT;
+
+static void tbuf_free(void *arg)
+{
+	struct tbuf *t = arg;
+	free(t->p);
+	free(t);
+}
+
+static void tbuf_init(void) { pthread_key_create(&tbuf_key, tbuf_free); }
+
+static uint8_t *thread_buf(size_t len)
+{
+	pthread_once(&tbuf_once, tbuf_init);
+	struct tbuf *t = pthread_getspecific(tbuf_key);
+	if (!t) {
+		t = calloc(1, sizeof *t);
+		if (!t || pthread_setspecific(tbuf_key, t)) {
+			free(t);
+			return NULL;
+		}
+	}
+	if (t->cap < len) {
+		free(t->p);
+		t->cap = len < (1u << 20) ? 1u << 20 : len;
+		t->p = malloc(t->cap);
+		if (!t->p) {
+			t->cap = 0;
+			return NULL;
+		}
+	}
+	return t->p;
+}
+
+/* Read [off, off+len) when some of it is in the overlay: chunk by chunk. */
+static int read_mixed(struct tfile *f, uint8_t *buf, size_t len, uint64_t off)
+{
+	uint64_t cs = blob_chunk_size(f->b), pos = off, end = off + len;
+	while (pos < end) {
+		uint64_t idx = pos / cs;
+		int dirty = overlay_dirty(f->ov, idx);
+		/* Extend over following chunks from the same side. */
+		uint64_t stop = (idx + 1) * cs;
+		while (stop < end && overlay_dirty(f->ov, stop / cs) == dirty)
+			stop += cs;
+		if (stop > end)
+			stop = end;
+		if (dirty) {
+			int rc = overlay_read(f->ov, buf + (pos - off), stop - pos, pos);
+			if (rc < 0)
+				return rc;
+		} else {
+			ssize_t n = blob_read(f->b, buf + (pos - off), stop - pos, pos, PRIO_DEMAND);
+			if (n < 0)
+				return (int)n;
+			if ((uint64_t)n != stop - pos)
+				return err_set(EIO, "short read of %s at %llu", "blob", (unsigned long long)pos);
+		}
+		pos = stop;
+	}
+	return 0;
+}
+
+/* Compare the derived cache data file with what the blob reads, once. */
+static int check_data_fd(struct tfile *f, uint64_t off, size_t len)
+{
+	uint8_t a[512], b[512];
+	size_t n = len < sizeof a ? len : sizeof a;
+	ssize_t got = blob_read(f->b, a, n, off, PRIO_DEMAND);
+	if (got != (ssize_t)n || pread(f->data_fd, b, n, (off_t)off) != (ssize_t)n || memcmp(a, b, n)) {
+		log_warn("cache data file does not match the blob; not splicing this file");
+		return -1;
+	}
+	return 0;
+}
+
+void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size, uint64_t off)
+{
+	(void)fs;
+	struct tfile *f = h->n->f; /* pinned by the handle: blob and overlay stay */
+	struct blob *b = f->b;
+	uint64_t fsize = blob_size(b);
+	if (off >= fsize || !size) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	if (size > fsize - off)
+		size = fsize - off;
+	uint64_t cs = blob_chunk_size(b), first = off / cs, last = (off + size - 1) / cs;
+	int mixed = 0;
+	for (uint64_t i = first; f->ov && i <= last; i++)
+		mixed |= overlay_dirty(f->ov, i);
+	for (uint64_t i = first; i <= last; i++)
+		if (!blob_chunk_present(b, i) && !(f->ov && overlay_dirty(f->ov, i)))
+			blob_request(b, i, PRIO_DEMAND);
+
+	uint64_t from, to;
+	pthread_mutex_lock(&h->mu);
+	int ra = ra_advance(&h->ra, off, size, fsize, &from, &to);
+	pthread_mutex_unlock(&h->mu);
+	if (ra)
+		for (uint64_t i = from / cs; i <= (to - 1) / cs; i++)
+			if (!(f->ov && overlay_dirty(f->ov, i)))
+				blob_request(b, i, PRIO_READAHEAD);
+
+	int rc = 0;
+	if (!mixed && f->data_fd >= 0 && __atomic_load_n(&f->fd_checked, __ATOMIC_ACQUIRE) >= 0) {
+		for (uint64_t i = first; rc == 0 && i <= last; i++)
+			rc = blob_ensure(b, i, PRIO_DEMAND);
+		if (rc == 0 && !__atomic_load_n(&f->fd_checked, __ATOMIC_ACQUIRE)) {
+			pthread_mutex_lock(&f->mu);
+			if (!f->fd_checked)
+				__atomic_store_n(&f->fd_checked, check_data_fd(f, off, size) < 0 ? -1 : 1,
+						 __ATOMIC_RELEASE);
+			pthread_mutex_unlock(&f->mu);
+		}
+		if (rc == 0 && __atomic_load_n(&f->fd_checked, __ATOMIC_ACQUIRE) > 0) {
+			struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+			bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+			bv.buf[0].fd = f->data_fd;
+			bv.buf[0].pos = (off_t)off;
+			fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+			return;
+		}
+	}
+	uint8_t *buf = rc == 0 ? thread_buf(size) : NULL;
+	if (rc == 0 && !buf)
+		rc = err_set(ENOMEM, "out of memory for a %zu-byte read", size);
+	if (rc == 0 && mixed) {
+		rc = read_mixed(f, buf, size, off);
+	} else if (rc == 0) {
+		ssize_t n = blob_read(b, buf, size, off, PRIO_DEMAND);
+		rc = n < 0 ? (int)n : 0;
+		if (n >= 0)
+			size = (size_t)n;
+	}
+	if (rc < 0) {
+		file_note_error(h->n, "read of", err_msg());
+		fuse_reply_err(req, rc == -ENOMEM ? ENOMEM : EIO);
+		return;
+	}
+	fuse_reply_buf(req, (const char *)buf, size);
+}
+
+void file_write(struct thawfs *fs, struct fhandle *h, fuse_req_t req, const char *buf, size_t size,
+		uint64_t off)
+{
+	(void)fs;
+	struct tfile *f = h->n->f;
+	struct blob *b = f->b;
+	uint64_t fsize = blob_size(b);
+	if (!f->ov || !h->writable) {
+		fuse_reply_err(req, f->ov ? EBADF : EROFS);
+		return;
+	}
+	if (off >= fsize && size) {
+		/* Disk images keep their size; growing a file is not supported. */
+		fuse_reply_err(req, EFBIG);
+		return;
+	}
+	if (size > fsize - off)
+		size = fsize - off;
+	uint64_t cs = blob_chunk_size(b), pos = off, end = off + size;
+	int rc = 0;
+	while (rc == 0 && pos < end) {
+		uint64_t idx = pos / cs, cstart = idx * cs, clen = blob_chunk_len(b, idx);
+		uint64_t piece = (end < cstart + clen ? end : cstart + clen) - pos;
+		if (!overlay_dirty(f->ov, idx)) {
+			pthread_mutex_lock(&f->wmu);
+			if (!overlay_dirty(f->ov, idx)) {
+				/* Copy-up: the chunk's base bytes with this write applied. */
+				uint8_t *chunk = malloc(clen);
+				if (!chunk) {
+					rc = err_set(ENOMEM, "out of memory for a chunk copy");
+				} else {
+					if (piece != clen) {
+						ssize_t n = blob_read(b, chunk, clen, cstart, PRIO_DEMAND);
+						if (n >= 0 && (uint64_t)n != clen)
+							n = err_set(EIO, "short read of chunk %llu",
+								    (unsigned long long)idx);
+						rc = n < 0 ? (int)n : 0;
+					}
+					if (rc == 0) {
+						memcpy(chunk + (pos - cstart), buf + (pos - off), piece);
+						rc = overlay_install(f->ov, idx, chunk, clen);
+					}
+					free(chunk);
+				}
+				pthread_mutex_unlock(&f->wmu);
+				pos += piece;
+				continue;
+			}
+			pthread_mutex_unlock(&f->wmu);
+		}
+		rc = overlay_write(f->ov, buf + (pos - off), piece, pos);
+		pos += piece;
+	}
+	if (rc < 0) {
+		file_note_error(h->n, "write to", err_msg());
+		fuse_reply_err(req, rc == -ENOSPC || rc == -ENOMEM || rc == -EDQUOT ? -rc : EIO);
+		return;
+	}
+	fuse_reply_write(req, size);
+}
+
+int file_sync(struct tnode *n)
+{
+	struct tfile *f = __atomic_load_n(&n->f, __ATOMIC_ACQUIRE);
+	if (!f)
+		return 0;
+	pthread_mutex_lock(&f->mu);
+	int rc = f->ov ? overlay_sync(f->ov) : 0;
+	pthread_mutex_unlock(&f->mu);
+	if (rc < 0)
+		file_note_error(n, "fsync of", err_msg());
+	return rc;
+}
+
+void file_tick(struct tnode *n, uint64_t now)
+{
+	struct tfile *f = __atomic_load_n(&n->f, __ATOMIC_ACQUIRE);
+	if (!f || pthread_mutex_trylock(&f->mu))
+		return;
+	if (f->b) {
+		struct blob_stats st;
+		blob_get_stats(f->b, &st);
+		uint64_t bytes = f->fetched_before + st.bytes_fetched;
+		double dt = (double)(now - f->rate_t_ns) / 1e9;
+		if (dt >= 0.9) {
+			double inst = (double)(bytes - f->rate_bytes) / dt;
+			/* Smooth over a few seconds, but let a stall show quickly. */
+			f->rate = inst == 0 ? 0 : f->rate ? 0.5 * f->rate + 0.5 * inst : inst;
+			f->rate_t_ns = now;
+			f->rate_bytes = bytes;
+		}
+		if (f->ov && overlay_sync(f->ov) < 0)
+			log_error("%s", err_msg());
+	}
+	pthread_mutex_unlock(&f->mu);
+}
+
+void file_close_all(struct thawfs *fs)
+{
+	uint64_t max = tree_max_ino(&fs->tree);
+	for (uint64_t ino = 1; ino <= max; ino++) {
+		struct tnode *n = tree_get(&fs->tree, ino);
+		if (!n || !n->f)
+			continue;
+		pthread_mutex_lock(&n->f->mu);
+		close_blob(n->f);
+		pthread_mutex_unlock(&n->f->mu);
+		pthread_mutex_destroy(&n->f->mu);
+		pthread_mutex_destroy(&n->f->wmu);
+		free(n->f);
+		n->f = NULL;
+	}
+}

@@ -1,0 +1,70 @@
+/* file.h - one file of a thaw mount: its lazy blob, its copy-on-write
+ * overlay (--rw), the open handles' readahead, and the read/write paths that
+ * answer the kernel.
+ *
+ * A file's blob is opened on first lookup (so stat shows an image's logical
+ * size, not its index's) and stays open while the kernel remembers the inode
+ * or anyone uses it (an open handle, the hydrator); then it is closed, and
+ * the next lookup opens it again - from the persistent cache, which verifies
+ * what it holds. */
+#ifndef THAW_FUSEFS_FILE_H
+#define THAW_FUSEFS_FILE_H
+
+#include "fs.h"
+#include "overlay.h"
+#include "readahead.h"
+
+struct tfile {
+	pthread_mutex_t mu;     /* blob/overlay lifetime, users, status fields */
+	pthread_mutex_t wmu;    /* serialises copy-ups into the overlay */
+	struct blob *b;
+	struct overlay *ov;
+	uint64_t size;          /* logical size once the blob has opened */
+	int size_known;
+	int users;              /* open handles + hydrator pins */
+	int data_fd;            /* the cache's data file for splicing, or -1 */
+	int fd_checked;         /* data_fd vs blob_read: 0 not yet, 1 same bytes, -1 differ */
+
+	/* for `thaw status` */
+	uint64_t fetched_before;/* bytes fetched by blobs of this file since closed */
+	uint64_t rate_t_ns, rate_bytes;
+	double rate;            /* bytes/s fetched, smoothed */
+	int hydrate;            /* 0 no, 1 queued or running, 2 done, 3 failed */
+	char err[ERR_MSG_MAX];  /* the last error a reader or the hydrator saw */
+	uint64_t nerrors;
+	uint64_t last_log_ns, quiet; /* log at most one error a second per file */
+};
+
+/* One open() of a file. */
+struct fhandle {
+	struct tnode *n;
+	pthread_mutex_t mu;
+	struct ra ra;
+	int writable;
+};
+
+/* The file state of n (created on first use), or NULL if out of memory. */
+struct tfile *file_of(struct tnode *n);
+/* Open n's blob if it is not open (lookup, getattr); 0 or <0 + err_msg. */
+int file_probe(struct thawfs *fs, struct tnode *n);
+/* Like file_probe, and count a user (open handle, hydrator) until file_unpin. */
+int file_pin(struct thawfs *fs, struct tnode *n, struct blob **b);
+void file_unpin(struct thawfs *fs, struct tnode *n);
+/* Close the blob if neither the kernel nor anyone else holds the file. */
+void file_maybe_close(struct thawfs *fs, struct tnode *n);
+/* The size to report: the blob's logical size, or the listing's until known. */
+uint64_t file_size(struct tnode *n);
+/* Remember an error a reader or the hydrator got (and log it, rate-limited). */
+void file_note_error(struct tnode *n, const char *what, const char *msg);
+
+/* Answer a FUSE read / write / fsync on an open handle (replies itself). */
+void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size, uint64_t off);
+void file_write(struct thawfs *fs, struct fhandle *h, fuse_req_t req, const char *buf, size_t size,
+		uint64_t off);
+int file_sync(struct tnode *n);
+
+/* Status sampling (the 1 Hz ticker) and teardown. */
+void file_tick(struct tnode *n, uint64_t now);
+void file_close_all(struct thawfs *fs);
+
+#endif

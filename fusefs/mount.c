@@ -1,0 +1,332 @@
+/* mount.c - fusefs_run: set a thaw mount up, serve it, tear it down.
+ *
+ * Order matters.  The store is opened and the root listed before mounting,
+ * so a wrong URL or an unreachable store is reported by `thaw mount` itself
+ * rather than by the first `ls`.  SIGINT/SIGTERM/SIGHUP are blocked before
+ * any thread starts and unblocked only in this thread around the session
+ * loop, so libfuse's handler always runs where it can end the loop (the
+ * store's and the blobs' threads never see those signals).  Teardown goes
+ * unmount first (users see the mount go away at once), then the hydrator,
+ * the control socket, the blobs (flushing their caches) and the store. */
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../common/log.h"
+#include "../common/timeutil.h"
+#include "ctl.h"
+#include "file.h"
+#include "hydrator.h"
+#include "status.h"
+
+void fusefs_opts_default(struct fusefs_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->jobs = 16;
+	o->store_jobs = 32;
+	o->hydrate_jobs = 8;
+	o->readahead_min = 1u << 20;
+	o->readahead_max = 64u << 20;
+	o->chunk_size = 1u << 20;
+}
+
+static int mkdir_p(const char *path)
+{
+	char p[4096];
+	snprintf(p, sizeof p, "%s", path);
+	for (char *s = p + 1; *s; s++) {
+		if (*s != '/')
+			continue;
+		*s = 0;
+		if (mkdir(p, 0700) < 0 && errno != EEXIST)
+			return err_set(errno, "create %s: %s", p, strerror(errno));
+		*s = '/';
+	}
+	if (mkdir(p, 0700) < 0 && errno != EEXIST)
+		return err_set(errno, "create %s: %s", p, strerror(errno));
+	struct stat st;
+	if (stat(p, &st) < 0 || !S_ISDIR(st.st_mode))
+		return err_set(ENOTDIR, "%s is not a directory", p);
+	return 0;
+}
+
+/* The mount shows a prefix.  For file:// the store is rooted at that
+ * directory, so images there find their chunks beside them. */
+static int parse_location(struct thawfs *fs)
+{
+	int rc = url_parse(fs->o.url, &fs->url);
+	if (rc < 0)
+		return rc;
+	struct thaw_url *u = &fs->url;
+	size_t kl = strlen(u->key);
+	if (u->scheme == URL_FILE && kl) {
+		size_t rl = strlen(u->root);
+		if (u->key[kl - 1] == '/')
+			u->key[--kl] = 0;
+		if (snprintf(u->root + rl, sizeof u->root - rl, "%s%s", strcmp(u->root, "/") ? "/" : "", u->key) >=
+		    (int)(sizeof u->root - rl))
+			return err_set(ENAMETOOLONG, "%s: path too long", fs->o.url);
+		u->key[0] = 0;
+	} else if (u->scheme == URL_S3 && kl && u->key[kl - 1] != '/') {
+		if (kl + 1 >= sizeof u->key)
+			return err_set(ENAMETOOLONG, "%s: key too long", fs->o.url);
+		u->key[kl] = '/';
+		u->key[kl + 1] = 0;
+	}
+	return 0;
+}
+
+static struct tnode *resolve(struct thawfs *fs, const char *path)
+{
+	struct tnode *n = fs->tree.root;
+	char buf[4096];
+	snprintf(buf, sizeof buf, "%s", path);
+	char *save = NULL;
+	for (char *c = strtok_r(buf, "/", &save); c && n; c = strtok_r(NULL, "/", &save)) {
+		if (!strcmp(c, "."))
+			continue;
+		if (!n->is_dir || tree_list(&fs->tree, n) < 0)
+			return NULL;
+		n = tree_child(n, c);
+	}
+	return n;
+}
+
+/* The control channel's requests (protocol in fusefs.h). */
+static void ctl_handle(void *arg, const char *req, FILE *out)
+{
+	struct thawfs *fs = arg;
+	if (!strcmp(req, "status json")) {
+		status_write(fs, out, 1, 0);
+	} else if (!strncmp(req, "status text", 11)) {
+		int w = atoi(req + 11);
+		status_write(fs, out, 0, w >= 40 ? w : 100);
+	} else if (!strncmp(req, "hydrate", 7) && (!req[7] || req[7] == ' ')) {
+		const char *path = req[7] ? req + 8 : "";
+		struct tnode *n = resolve(fs, path);
+		if (!n) {
+			fprintf(out, "ERR no such file or directory in the mount: %s\n", path);
+			return;
+		}
+		if (!fs->hy && hydrator_start(fs, &fs->hy) < 0) {
+			fprintf(out, "ERR %s\n", err_msg());
+			return;
+		}
+		if (hydrator_add(fs->hy, n) < 0)
+			fprintf(out, "ERR %s\n", err_msg());
+		else
+			fprintf(out, "OK queued /%s\n", path);
+	} else {
+		fprintf(out, "ERR unknown request '%s'\n", req);
+	}
+}
+
+static void *ticker_main(void *arg)
+{
+	struct thawfs *fs = arg;
+	pthread_mutex_lock(&fs->tick_mu);
+	while (!fs->stopping) {
+		struct timespec dl = deadline_after_ms(1000);
+		pthread_cond_timedwait(&fs->tick_cv, &fs->tick_mu, &dl);
+		if (fs->stopping)
+			break;
+		pthread_mutex_unlock(&fs->tick_mu);
+		uint64_t now = now_ns(), max = tree_max_ino(&fs->tree);
+		for (uint64_t ino = 1; ino <= max; ino++) {
+			struct tnode *n = tree_get(&fs->tree, ino);
+			if (n && !n->is_dir)
+				file_tick(n, now);
+		}
+		pthread_mutex_lock(&fs->tick_mu);
+	}
+	pthread_mutex_unlock(&fs->tick_mu);
+	return NULL;
+}
+
+static void report(int *ready_fd, const char *what)
+{
+	if (*ready_fd < 0)
+		return;
+	char line[ERR_MSG_MAX + 8];
+	int n = snprintf(line, sizeof line, "%s\n", what);
+	if (write(*ready_fd, line, (size_t)n) != n)
+		log_warn("cannot tell the parent process how the mount went: %s", strerror(errno));
+	close(*ready_fd);
+	*ready_fd = -1;
+}
+
+/* Keep ',' and '\' out of the fsname mount option, where they are syntax. */
+static void fsname_of(const char *url, char *out, size_t n)
+{
+	size_t j = 0;
+	for (size_t i = 0; url[i] && j + 1 < n; i++)
+		out[j++] = url[i] == ',' || url[i] == '\\' ? '_' : url[i];
+	out[j] = 0;
+}
+
+int fusefs_run(const struct fusefs_opts *o, int ready_fd)
+{
+	struct thawfs *fs = calloc(1, sizeof *fs);
+	if (!fs) {
+		report(&ready_fd, "ERR out of memory");
+		return err_set(ENOMEM, "out of memory");
+	}
+	fs->o = *o;
+	if (fs->o.jobs < 1)
+		fs->o.jobs = 16;
+	if (fs->o.store_jobs < 1)
+		fs->o.store_jobs = 32;
+	if (!fs->o.readahead_min)
+		fs->o.readahead_min = 1u << 20;
+	if (fs->o.readahead_max < fs->o.readahead_min)
+		fs->o.readahead_max = fs->o.readahead_min;
+	fs->uid = getuid();
+	fs->gid = getgid();
+	fs->t0_ns = now_ns();
+	fs->mount_time = time(NULL);
+	pthread_mutex_init(&fs->tick_mu, NULL);
+	pthread_cond_init(&fs->tick_cv, NULL);
+	const char *nosplice = getenv("THAW_FUSE_SPLICE");
+	fs->splice = !(nosplice && !strcmp(nosplice, "0"));
+	snprintf(fs->url_text, sizeof fs->url_text, "%s", o->url);
+
+	sigset_t sigs, old;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, &old);
+
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+	int rc = parse_location(fs);
+	if (rc == 0)
+		rc = ctl_canon_mountpoint(o->mountpoint, fs->mnt_abs, sizeof fs->mnt_abs);
+	if (rc == 0)
+		rc = fusefs_ctl_paths(fs->mnt_abs, fs->sock_path, sizeof fs->sock_path, fs->log_path,
+				      sizeof fs->log_path);
+	if (rc == 0 && !o->cache_dir)
+		rc = err_set(EINVAL, "no cache directory given");
+	if (rc == 0) {
+		snprintf(fs->cache_root, sizeof fs->cache_root, "%s", o->cache_dir);
+		snprintf(fs->overlay_root, sizeof fs->overlay_root, "%s/overlay", fs->cache_root);
+		rc = mkdir_p(fs->cache_root);
+		if (rc < 0)
+			rc = err_wrap(rc, "cache directory");
+	}
+	if (rc == 0) {
+		store_config_default(&fs->scfg);
+		fs->scfg.max_inflight = fs->o.store_jobs;
+		if (o->store_timeout_ms)
+			fs->scfg.max_total_ms = o->store_timeout_ms;
+		rc = store_open(&fs->url, &fs->scfg, &fs->s);
+	}
+	int tree_ok = 0;
+	if (rc == 0 && (rc = tree_init(&fs->tree, fs->s, &fs->url, &fs->scfg)) == 0) {
+		tree_ok = 1;
+		rc = tree_list(&fs->tree, fs->tree.root);
+		if (rc < 0)
+			rc = err_wrap(rc, "cannot list %s", o->url);
+	}
+	if (rc == 0) {
+		blob_opts_default(&fs->bo);
+		fs->bo.jobs = fs->o.jobs;
+		fs->bo.plain_chunk_size = fs->o.chunk_size ? fs->o.chunk_size : 1u << 20;
+		fs->bo.cache_dir = fs->cache_root;
+		fs->bo.bg_jobs = fs->o.hydrate_jobs > 0 && fs->o.hydrate_jobs < fs->o.jobs ? fs->o.hydrate_jobs : 0;
+		fs->bo.bg_bytes_per_sec = fs->o.hydrate_rate;
+		rc = ctl_server_start(fs->sock_path, ctl_handle, fs, &fs->ctl);
+	}
+	if (rc == 0) {
+		char fsname[4300], opt[4600];
+		fsname_of(o->url, fsname, sizeof fsname);
+		snprintf(opt, sizeof opt, "fsname=%s,subtype=thaw,default_permissions,max_read=%u%s%s", fsname,
+			 1u << 20, o->rw ? "" : ",ro", o->allow_other ? ",allow_other" : "");
+		if (fuse_opt_add_arg(&args, "thaw") || fuse_opt_add_arg(&args, "-o") || fuse_opt_add_arg(&args, opt) ||
+		    (o->debug && fuse_opt_add_arg(&args, "-d")))
+			rc = err_set(ENOMEM, "out of memory");
+	}
+	struct fuse_lowlevel_ops ops;
+	fs_ops_init(&ops);
+	if (rc == 0) {
+		fs->se = fuse_session_new(&args, &ops, sizeof ops, fs);
+		if (!fs->se)
+			rc = err_set(EINVAL, "cannot create the FUSE session (see the log above)");
+	}
+	if (rc == 0 && fuse_set_signal_handlers(fs->se) < 0)
+		rc = err_set(EINVAL, "cannot install signal handlers");
+	int mounted = 0;
+	if (rc == 0) {
+		if (fuse_session_mount(fs->se, fs->mnt_abs) < 0)
+			rc = err_set(EIO, "cannot mount at %s (is it an existing, empty directory, and /dev/fuse usable?)",
+				     fs->mnt_abs);
+		else
+			mounted = 1;
+	}
+	if (rc == 0 && pthread_create(&fs->ticker, NULL, ticker_main, fs) == 0)
+		fs->ticker_running = 1;
+	if (rc == 0 && o->hydrate) {
+		rc = hydrator_start(fs, &fs->hy);
+		if (rc == 0)
+			rc = hydrator_add(fs->hy, fs->tree.root);
+	}
+
+	if (rc == 0) {
+		log_info("mounted %s at %s (%s; cache %s; control %s)", o->url, fs->mnt_abs,
+			 o->rw ? "read-write overlay" : "read-only", fs->cache_root, fs->sock_path);
+		report(&ready_fd, "OK");
+		struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+		if (!cfg) {
+			rc = err_set(ENOMEM, "out of memory");
+		} else {
+			/* Readers block in these threads while chunks arrive, so allow
+			 * many: one slow object must not starve reads of the others. */
+			fuse_loop_cfg_set_max_threads(cfg, 64);
+			fuse_loop_cfg_set_idle_threads(cfg, 8);
+			pthread_sigmask(SIG_SETMASK, &old, NULL);
+			int lr = fuse_session_loop_mt(fs->se, cfg);
+			pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+			fuse_loop_cfg_destroy(cfg);
+			if (lr < 0)
+				rc = err_set(-lr, "FUSE session failed: %s", strerror(-lr));
+			else
+				log_info("unmounting %s%s", fs->mnt_abs, lr > 0 ? " (signal)" : "");
+		}
+	} else {
+		char msg[ERR_MSG_MAX + 8];
+		snprintf(msg, sizeof msg, "ERR %s", err_msg());
+		report(&ready_fd, msg);
+	}
+	char keep[ERR_MSG_MAX];
+	err_copy(keep, sizeof keep);
+
+	if (fs->se) {
+		fuse_remove_signal_handlers(fs->se);
+		if (mounted)
+			fuse_session_unmount(fs->se);
+		fuse_session_destroy(fs->se);
+	}
+	fuse_opt_free_args(&args);
+	hydrator_stop(fs->hy);
+	ctl_server_stop(fs->ctl);
+	if (fs->ticker_running) {
+		pthread_mutex_lock(&fs->tick_mu);
+		fs->stopping = 1;
+		pthread_cond_broadcast(&fs->tick_cv);
+		pthread_mutex_unlock(&fs->tick_mu);
+		pthread_join(fs->ticker, NULL);
+	}
+	file_close_all(fs);
+	if (tree_ok)
+		tree_destroy(&fs->tree);
+	if (fs->s)
+		store_close(fs->s);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	free(fs);
+	if (rc < 0)
+		err_set(-rc, "%s", keep);
+	return rc;
+}
