@@ -13,7 +13,7 @@ MB=${BENCH_MB:-1024}
 SIZE=$((MB << 20))
 T=$(mktemp -d /tmp/thaw-bench.XXXXXX)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$top/tests/node_modules/.bin/s3rver" -d "$T/s3" -a 127.0.0.1 -p "$PORT" -s --configure-bucket thaw >/dev/null 2>&1 &
+NODE_OPTIONS=--openssl-legacy-provider "$top/tests/node_modules/.bin/s3rver" -d "$T/s3" -a 127.0.0.1 -p "$PORT" -s --configure-bucket thaw >/dev/null 2>&1 &
 S3PID=$!
 trap 'kill $S3PID 2>/dev/null; rm -rf "$T"' EXIT INT TERM
 export AWS_ENDPOINT_URL=http://127.0.0.1:$PORT AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_REGION=us-east-1
