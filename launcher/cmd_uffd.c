@@ -43,6 +43,8 @@ static void usage(FILE *f)
 		"  --spin-us N          adaptive spin window in microseconds (default 200)\n"
 		"  --fault-timeout MS   poison a fault whose chunk has not arrived after MS\n"
 		"                       (default 90000; 0 = never)\n"
+		"  --handshake-timeout MS  drop a client that has not sent a complete\n"
+		"                       handshake after MS (default 5000)\n"
 		"  --metrics FILE       write metrics JSON here at exit and on SIGUSR1\n"
 		"                       (without it SIGUSR1 prints them on stderr)\n"
 		"  --ready-file FILE    write the socket path to FILE once listening\n"
@@ -71,7 +73,7 @@ static int parse_uint(const char *opt, const char *s, uint64_t max, uint64_t *ou
 int cmd_uffd_serve(int argc, char **argv)
 {
 	enum { O_SOCKET = 256, O_MEM, O_RECORD, O_PREFETCH, O_PREFETCH_FROM, O_PUSH, O_NOPUSH, O_THREADS, O_WAIT,
-	       O_SPIN, O_FTIMEOUT, O_BGTHREADS, O_NICE, O_METRICS, O_READY, O_EXIT };
+	       O_SPIN, O_FTIMEOUT, O_BGTHREADS, O_NICE, O_HTIMEOUT, O_METRICS, O_READY, O_EXIT };
 	static const struct option opts[] = {
 		{ "socket", 1, 0, O_SOCKET },         { "mem", 1, 0, O_MEM },
 		{ "record", 1, 0, O_RECORD },         { "prefetch", 0, 0, O_PREFETCH },
@@ -79,6 +81,7 @@ int cmd_uffd_serve(int argc, char **argv)
 		{ "push", 0, 0, O_PUSH },             { "no-push", 0, 0, O_NOPUSH },
 		{ "threads", 1, 0, O_THREADS },       { "bg-threads", 1, 0, O_BGTHREADS },
 		{ "wait", 1, 0, O_WAIT },             { "push-nice", 1, 0, O_NICE },
+		{ "handshake-timeout", 1, 0, O_HTIMEOUT },
 		{ "spin-us", 1, 0, O_SPIN },          { "fault-timeout", 1, 0, O_FTIMEOUT },
 		{ "metrics", 1, 0, O_METRICS },       { "ready-file", 1, 0, O_READY },
 		{ "exit-when-done", 0, 0, O_EXIT },   { "help", 0, 0, 'h' },
@@ -134,6 +137,11 @@ int cmd_uffd_serve(int argc, char **argv)
 			if (parse_uint("--fault-timeout", optarg, 86400000, &v) < 0)
 				return 2;
 			cfg.fault_timeout_ms = v;
+			break;
+		case O_HTIMEOUT:
+			if (parse_uint("--handshake-timeout", optarg, 3600000, &v) < 0 || !v)
+				return v ? 2 : (fprintf(stderr, "thaw uffd-serve: --handshake-timeout must be at least 1\n"), 2);
+			cfg.handshake_timeout_ms = (int)v;
 			break;
 		case O_METRICS: cfg.metrics_path = optarg; break;
 		case O_READY: cfg.ready_file = optarg; break;

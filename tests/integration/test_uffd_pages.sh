@@ -1,0 +1,151 @@
+#!/bin/sh
+# test_uffd_pages.sh - thaw uffd-serve against the test VMM (tests/tools/fcvm):
+# every page of guest memory must equal the image, for 4 KiB and 2 MiB pages,
+# one and several regions, sequential/random/multi-threaded touches and a KVM
+# guest, for each handshake field set Firecracker has sent, over a thaw image
+# (several chunk sizes) and a plain object; the pusher must complete and the
+# userfaultfd be released; a recorded working set must be prefetched.
+. "$(dirname "$0")/../lib.sh"
+# --- uffd test helpers (each uffd test carries its own copy; lib.sh is shared) ---
+FCVM="$TOOLS/fcvm"
+[ -x "$FCVM" ] || skip "no $FCVM (tests/tools/fcvm.c not built)"
+[ -c /dev/userfaultfd ] || [ -r /proc/sys/vm/unprivileged_userfaultfd ] || skip "no userfaultfd on this machine"
+
+# uffd_start NAME ARGS...: thaw uffd-serve on $T/NAME.sock; sets SRV_PID.
+uffd_start() {
+	_n=$1; shift
+	rm -f "$T/$_n.ready"
+	"$THAW" uffd-serve --socket "$T/$_n.sock" --ready-file "$T/$_n.ready" --metrics "$T/$_n.json" "$@" \
+		2>"$T/$_n.log" &
+	SRV_PID=$!
+	at_exit "kill $SRV_PID 2>/dev/null; wait $SRV_PID 2>/dev/null"
+	_i=0
+	until [ -f "$T/$_n.ready" ]; do
+		kill -0 $SRV_PID 2>/dev/null || fail "uffd-serve $_n exited at start: $(cat "$T/$_n.log")"
+		_i=$((_i + 1)); [ $_i -lt 200 ] || fail "uffd-serve $_n not ready after 20 s"
+		sleep 0.1
+	done
+}
+
+# uffd_wait PID SECONDS: wait for a server to exit by itself; returns its status.
+uffd_wait() {
+	_i=0
+	while kill -0 "$1" 2>/dev/null; do
+		_i=$((_i + 1)); [ $_i -lt $(($2 * 10)) ] || { kill "$1"; fail "uffd-serve still running after $2 s"; }
+		sleep 0.1
+	done
+	wait "$1"
+}
+
+# uffd_stop NAME: SIGTERM must stop the server cleanly (status 0).
+uffd_stop() {
+	kill -TERM $SRV_PID
+	wait $SRV_PID && _rc=0 || _rc=$?
+	[ $_rc = 0 ] || fail "uffd-serve $1 exited $_rc on SIGTERM: $(tail -5 "$T/$1.log")"
+}
+
+# fcvm_ok NAME ARGS...: run the test VMM against $T/NAME.sock; it must succeed.
+fcvm_ok() {
+	_n=$1; shift
+	"$FCVM" --socket "$T/$_n.sock" --timeout 60 "$@" >"$T/fcvm.out" 2>"$T/fcvm.err" ||
+		fail "fcvm $* failed ($?): $(tail -5 "$T/fcvm.err"); server: $(tail -5 "$T/$_n.log")"
+}
+
+# metric FILE PYTHON-EXPR: evaluate EXPR with m = the metrics JSON, c = its first connection.
+metric() {
+	python3 -c 'import json,sys
+m=json.load(open(sys.argv[1])); c=m["connections"][0] if m["connections"] else None
+print(eval(sys.argv[2]))' "$1" "$2"
+}
+# check_metric FILE EXPR WHAT: fail unless EXPR is true.
+check_metric() {
+	[ "$(metric "$1" "$2")" = True ] || fail "$3 (metrics: $2 is false; $(metric "$1" 'c and (c["state"], c["faults"], c["installed"])'))"
+}
+# --- end of helpers ---
+
+MEM=$T/mem.img
+"$FCVM" --make-image "$MEM" --size 48M >/dev/null 2>&1 || fail "fcvm --make-image failed"
+mkdir -p "$T/store"
+"$THAW" push "$MEM" "file://$T/store/mem" >/dev/null 2>&1 || fail "thaw push failed"
+"$THAW" push "$MEM" "file://$T/store/mem64k" --chunk-size 64K >/dev/null 2>&1 || fail "thaw push --chunk-size 64K failed"
+cp "$MEM" "$T/store/plain.img"
+
+# one CASE SERVER-ARGS -- FCVM-ARGS: a fresh server, one client, every byte checked.
+one() {
+	_c=$1; shift
+	_s=""
+	while [ "$1" != "--" ]; do _s="$_s $1"; shift; done
+	shift
+	# shellcheck disable=SC2086
+	uffd_start "$_c" --exit-when-done $_s
+	fcvm_ok "$_c" --check "$MEM" "$@"
+	uffd_wait $SRV_PID 30 || fail "$_c: uffd-serve exited $? after the client left: $(tail -3 "$T/$_c.log")"
+	check_metric "$T/$_c.json" 'c["state"] == "complete" and c["installed"]["done_fraction"] == 1.0' \
+		"$_c: transfer not complete"
+	check_metric "$T/$_c.json" 'c["faults"]["poisoned"] == 0 and m["image"]["fetch_failures"] == 0' \
+		"$_c: unexpected failures"
+	note "$_c: ok ($(metric "$T/$_c.json" '"%d faults, p50 %.0f us, complete in %.0f ms" % (c["faults"]["total"], c["latency"]["p50_us"], c["complete_ms"])'))"
+}
+
+one plain-4k-seq --mem "file://$T/store/plain.img" -- --touch seq
+one image-3reg-rand-fc1.6 --mem "file://$T/store/mem" -- --regions 3 --offset-gap 1M --mem-size 45M \
+	--touch random --threads 4 --fc-version 1.6
+one image64k-nopush-fc1.10 --mem "file://$T/store/mem64k" --no-push -- --touch random --threads 2 --fc-version 1.10
+one image-stride --mem "file://$T/store/mem" --wait block -- --touch seq --stride 3M --fc-version 1.12
+one image-spin --mem "file://$T/store/mem" --wait spin -- --touch random --fc-version 1.12
+
+# 2 MiB pages: a page spans several 1 MiB / 64 KiB chunks.
+if [ "$(id -u)" = 0 ] && echo 128 >/proc/sys/vm/nr_hugepages 2>/dev/null &&
+	[ "$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)" -ge 48 ]; then
+	one huge-image-2reg --mem "file://$T/store/mem" -- --hugepages --regions 2 --touch seq --fc-version 1.10
+	one huge-image64k-rand --mem "file://$T/store/mem64k" -- --hugepages --touch random --threads 2
+	one huge-plain-nopush --mem "file://$T/store/plain.img" --no-push -- --hugepages --touch random
+else
+	note "2 MiB pages: not enough hugetlbfs pages here; skipped that part"
+fi
+
+# A KVM guest: faults come from the kernel (KVM's GUP), not from user space.
+if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+	one kvm --mem "file://$T/store/mem" -- --kvm
+	one kvm-nopush --mem "file://$T/store/mem64k" --no-push -- --kvm
+else
+	note "no usable /dev/kvm; skipped the KVM guest"
+fi
+
+# The pusher completes on its own and the server lets go of the userfaultfd
+# while the client still runs.
+uffd_start released --exit-when-done --mem "file://$T/store/mem"
+"$FCVM" --socket "$T/released.sock" --timeout 60 --touch seq --stride 8M --hold 3 --check "$MEM" \
+	>"$T/fcvm.out" 2>"$T/fcvm.err" &
+FC=$!
+i=0
+until grep -q "userfaultfd released" "$T/released.log"; do
+	i=$((i + 1)); [ $i -lt 200 ] || fail "no 'userfaultfd released' within 20 s: $(tail -3 "$T/released.log")"
+	sleep 0.1
+done
+kill -0 $FC 2>/dev/null || fail "fcvm ended before we could look at the server's descriptors"
+n=$(ls -l /proc/$SRV_PID/fd 2>/dev/null | grep -c userfaultfd || true)
+[ "$n" = 0 ] || fail "server still holds $n userfaultfd descriptors after the transfer completed"
+wait $FC || fail "fcvm --hold failed: $(tail -3 "$T/fcvm.err")"
+uffd_wait $SRV_PID 30 || fail "released: server exit status $?"
+grep -q "transfer complete .* MiB in place (.* MiB/s" "$T/released.log" || fail "no transfer report in the log"
+note "released: ok"
+
+# Working set: record the chunks one resume touches, prefetch them on the next.
+uffd_start record --exit-when-done --no-push --mem "file://$T/store/mem" --record "file://$T/ws/mem.ws"
+fcvm_ok record --touch random --stride 4M --check "$MEM"
+uffd_wait $SRV_PID 30 || fail "record: server exit status $?"
+[ -s "$T/ws/mem.ws" ] || fail "no working set stored at $T/ws/mem.ws: $(tail -3 "$T/record.log")"
+recorded=$(metric "$T/record.json" 'c["working_set"]["recorded_chunks"]')
+[ "$recorded" -gt 0 ] || fail "record: no chunks recorded"
+uffd_start prefetch --exit-when-done --mem "file://$T/store/mem" --prefetch-from "file://$T/ws/mem.ws"
+fcvm_ok prefetch --touch random --stride 4M --check "$MEM"
+uffd_wait $SRV_PID 30 || fail "prefetch: server exit status $?"
+check_metric "$T/prefetch.json" "m['prefetch']['chunks'] == $recorded and c['working_set']['prefetch_chunks'] == $recorded" \
+	"prefetch did not load the $recorded recorded chunks"
+# A set recorded against another image is refused, and the server still serves.
+uffd_start prefetch-wrong --exit-when-done --mem "file://$T/store/mem64k" --prefetch-from "file://$T/ws/mem.ws"
+grep -q "no usable working set" "$T/prefetch-wrong.log" || fail "a working set of another image was not refused"
+fcvm_ok prefetch-wrong --touch seq --stride 8M --check "$MEM"
+uffd_wait $SRV_PID 30 || fail "prefetch-wrong: server exit status $?"
+note "record/prefetch: ok ($recorded chunks)"
