@@ -101,9 +101,12 @@ static void tl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_entry(req, &e);
 		return;
 	}
+	/* Count the reference first, so that a user letting go of the blob
+	 * meanwhile (file_maybe_close) sees it and keeps the blob open. */
+	uint64_t nl = __atomic_add_fetch(&n->nlookup, 1, __ATOMIC_ACQ_REL);
+	log_debug("lookup %s -> ino %llu, nlookup %llu", n->key, (unsigned long long)n->ino, (unsigned long long)nl);
 	if (!n->is_dir)
 		file_probe(fs, n); /* an image's logical size; failure shows the listing's */
-	__atomic_add_fetch(&n->nlookup, 1, __ATOMIC_ACQ_REL);
 	e.ino = n->ino;
 	e.generation = 1;
 	fill_attr(fs, n, &e.attr);
@@ -117,6 +120,7 @@ static void forget_one(struct thawfs *fs, fuse_ino_t ino, uint64_t nlookup)
 	struct tnode *n = tree_get(&fs->tree, ino);
 	if (!n || ino == FUSE_ROOT_ID)
 		return;
+	log_debug("forget %s (ino %llu) by %llu", n->key, (unsigned long long)ino, (unsigned long long)nlookup);
 	if (__atomic_sub_fetch(&n->nlookup, nlookup, __ATOMIC_ACQ_REL) == 0 && !n->is_dir)
 		file_maybe_close(fs, n);
 }
