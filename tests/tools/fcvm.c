@@ -11,7 +11,8 @@
  *  - the workloads the uffd tests and benchmarks drive: user-space touches with
  *    per-page latency, a KVM guest whose faults come from the kernel (GUP), a
  *    balloon inflate (MADV_DONTNEED -> UFFD_EVENT_REMOVE), an abrupt exit, and
- *    pages the server poisoned (SIGBUS);
+ *    pages the server poisoned (SIGBUS); and the same workloads with no server
+ *    at all (--no-uffd), the local baseline;
  *  - the check that guest memory equals the image, byte for byte;
  *  - --make-image, the deterministic memory images those tests serve.
  *
@@ -280,6 +281,7 @@ struct worker {
 	uint64_t sigbus;
 	uint64_t first_sigbus_goff;
 	uintptr_t first_sigbus_addr;
+	int first_sigbus_code; /* si_code: a poisoned page gave 2 (BUS_ADRERR) here, 4 via KVM */
 };
 static struct worker workers[MAX_THREADS];
 static int nworkers;
@@ -769,6 +771,7 @@ static void *touch_worker(void *arg)
 			if (!w->sigbus++) {
 				w->first_sigbus_goff = g;
 				w->first_sigbus_addr = bus_addr;
+				w->first_sigbus_code = bus_code;
 			}
 			continue;
 		}
@@ -1157,6 +1160,7 @@ struct kvm_result {
 	int got_sum;
 	int sigbus;
 	uintptr_t sigbus_addr;
+	int sigbus_code;
 	const char *sigbus_how;
 };
 
@@ -1261,6 +1265,7 @@ static int run_kvm(uint64_t stride, uint64_t span, struct kvm_result *res)
 		res->t_end = now_ns();
 		res->sigbus = 1;
 		res->sigbus_addr = bus_addr;
+		res->sigbus_code = bus_code;
 		res->sigbus_how = "SIGBUS";
 		goto out;
 	}
@@ -1366,7 +1371,8 @@ static void usage(FILE *f)
 	      "  --expect-sigbus      succeed only if some page raises SIGBUS (server poisoned it)\n"
 	      "  --expect-close       after the handshake, wait for the server to close the socket\n"
 	      "  --hold SEC           stay alive SEC seconds after the workload\n"
-	      "  --timeout SEC        give up after SEC seconds in all, exit 124 (default 60)\n"
+	      "  --timeout SEC        give up after SEC seconds in all (--hold aside), exit 124\n"
+	      "                       (default 60)\n"
 	      "  --quiet              no summary on stderr\n"
 	      "  --no-uffd            baseline without a server: plain anonymous memory, loaded\n"
 	      "                       eagerly from the --check image (pread) before the workload\n"
@@ -1503,7 +1509,8 @@ static void check_args(void)
 		die(2, "--balloon and --disconnect-after do not mix");
 	if (opt.expect_close && opt.fc_minor < 12)
 		die(2, "--expect-close needs --fc-version 1.12+ (older versions close the socket themselves)");
-	if (!opt.kvm && (opt.check || opt.balloon || opt.disconnect_after || opt.expect_sigbus || opt.stride))
+	if (!opt.kvm && (opt.check || opt.balloon || opt.disconnect_after || opt.expect_sigbus || opt.stride ||
+			     opt.threads > 1))
 		opt.touch = 1;
 	unit = opt.hugepages ? HUGE_2M : PAGE_4K;
 	if (opt.offset_gap % PAGE_4K)
@@ -1607,7 +1614,8 @@ int main(int argc, char **argv)
 		if (kr.sigbus) {
 			printf(",\"sigbus\":1,\"sigbus_how\":\"%s\"", kr.sigbus_how);
 			if (kr.sigbus_addr)
-				printf(",\"sigbus_addr\":\"0x%" PRIxPTR "\"", kr.sigbus_addr);
+				printf(",\"sigbus_addr\":\"0x%" PRIxPTR "\",\"sigbus_code\":%d", kr.sigbus_addr,
+				       kr.sigbus_code);
 		}
 		printf("}\n");
 		fflush(stdout);
@@ -1678,8 +1686,10 @@ int main(int argc, char **argv)
 		if (opt.expect_sigbus || nbus) {
 			printf(",\"sigbus_pages\":%" PRIu64, npoison);
 			if (who >= 0)
-				printf(",\"first_sigbus_addr\":\"0x%" PRIxPTR "\",\"first_sigbus_image_offset\":%" PRIu64,
-				       workers[who].first_sigbus_addr, image_off(workers[who].first_sigbus_goff));
+				printf(",\"first_sigbus_addr\":\"0x%" PRIxPTR "\",\"first_sigbus_image_offset\":%" PRIu64
+				       ",\"first_sigbus_code\":%d",
+				       workers[who].first_sigbus_addr, image_off(workers[who].first_sigbus_goff),
+				       workers[who].first_sigbus_code);
 		}
 		if (opt.balloon)
 			printf(",\"balloon\":{\"off\":%" PRIu64 ",\"len\":%" PRIu64 ",\"madvise_us\":%.1f,\"readback_s\":%.6f,\"zero\":%s}",
