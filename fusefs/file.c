@@ -104,12 +104,13 @@ static int open_blob(struct thawfs *fs, struct tnode *n, struct tfile *f)
 	int rc = tree_file_location(&fs->tree, n, &s, key, sizeof key);
 	if (rc == 0)
 		rc = blob_open(s, key, &fs->bo, &b);
-	if (rc == 0 && fs->o.rw) {
+	if (rc == 0) {
 		char loc[8192];
 		url_format(&s->url, loc, sizeof loc);
 		size_t l = strlen(loc);
 		snprintf(loc + l, sizeof loc - l, "%s", key);
-		rc = overlay_open(fs->overlay_root, loc, blob_etag(b), blob_size(b), blob_chunk_size(b), &f->ov);
+		rc = overlay_open(fs->overlay_root, loc, blob_etag(b), blob_size(b), blob_chunk_size(b), fs->o.rw,
+				  &f->ov);
 	}
 	if (rc < 0) {
 		if (b)

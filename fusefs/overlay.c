@@ -135,9 +135,10 @@ static int load_map(struct overlay *o, const uint8_t *want, const char *etag)
 	return other_version ? 1 : 0; /* 1: nothing written yet; the caller restamps it */
 }
 
-int overlay_open(const char *root, const char *loc, const char *base_etag, uint64_t size, uint64_t cs,
+int overlay_open(const char *root, const char *loc, const char *base_etag, uint64_t size, uint64_t cs, int create,
 		 struct overlay **out)
 {
+	*out = NULL;
 	struct overlay *o = calloc(1, sizeof *o);
 	if (!o)
 		return err_set(ENOMEM, "out of memory");
@@ -150,12 +151,17 @@ int overlay_open(const char *root, const char *loc, const char *base_etag, uint6
 	uint8_t *want = malloc(OV_HDR);
 	o->dirty = calloc(o->n ? o->n : 1, 1);
 	int rc = want && o->dirty ? 0 : err_set(ENOMEM, "out of memory");
+	char p[4300];
+	snprintf(p, sizeof p, "%s/map", o->dir);
+	if (rc == 0 && !create && access(p, F_OK) < 0) {
+		free(want);
+		overlay_close(o);
+		return 0; /* nothing was ever written to this file */
+	}
 	if (rc == 0 && (rc = mkdir_p(o->dir)) < 0)
 		rc = err_set(-rc, "create overlay directory %s: %s", o->dir, strerror(-rc));
-	char p[4300];
 	if (rc == 0) {
 		make_header(o, loc, base_etag, want);
-		snprintf(p, sizeof p, "%s/map", o->dir);
 		o->map_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 		if (o->map_fd < 0)
 			rc = err_set(errno, "open overlay map %s: %s", p, strerror(errno));

@@ -23,9 +23,11 @@
 
 struct overlay;
 
-/* Open or create the overlay of `loc` (store location + key) made over ETag
- * base_etag, for an object of `size` bytes in chunks of `cs`. */
-int overlay_open(const char *root, const char *loc, const char *base_etag, uint64_t size, uint64_t cs,
+/* Open the overlay of `loc` (store location + key) made over ETag base_etag,
+ * for an object of `size` bytes in chunks of `cs`; create it if `create`,
+ * else *out = NULL when there is none (a read-only mount still shows what an
+ * earlier --rw mount wrote). */
+int overlay_open(const char *root, const char *loc, const char *base_etag, uint64_t size, uint64_t cs, int create,
 		 struct overlay **out);
 void overlay_close(struct overlay *o);
 
