@@ -80,7 +80,8 @@ static void field_sets(void)
 	hs_free(&m);
 
 	/* Escaped key names still match; a trailing NUL is tolerated. */
-	CHECK_RC(hs_parse("[{\"b\\u0061se_host_virt_addr\":4096,\"size\":4096,\"offset\":0}]\0", 62, 4096, &m));
+	static const char esc[] = "[{\"b\\u0061se_host_virt_addr\":4096,\"size\":4096,\"offset\":0}]\0";
+	CHECK_RC(hs_parse(esc, sizeof esc, 4096, &m)); /* sizeof: both NULs */
 	CHECK(m.n == 1 && m.r[0].base == 4096);
 	hs_free(&m);
 
