@@ -1,0 +1,165 @@
+# test_fuse_s3.sh - thaw mount over s3:// (s3rver behind tests/tools/faultproxy):
+# the tree under a prefix (and a whole bucket with .thaw/ hidden), images and
+# plain objects read sequentially, randomly and concurrently and compared byte
+# for byte; GETs counted at the proxy (one per chunk, none for a complete
+# file, none again after kill -9 and remount for chunks already cached); and
+# a store failing beyond its retries (EIO within the retry budget, the rest
+# of the mount unharmed), transient failures healed by retries, a corrupt
+# chunk refused, an ETag changing under a plain object refused.
+. "$(dirname "$0")/../lib.sh"
+
+[ -e /dev/fuse ] || skip "no /dev/fuse"
+command -v fusermount3 >/dev/null || skip "fusermount3 not installed"
+[ -x "$TESTS_DIR/node_modules/.bin/s3rver" ] || skip "s3rver not installed (make deps)"
+[ -x "$TOOLS/faultproxy" ] || skip "faultproxy not built"
+
+M=$T/mnt; C=$T/cache
+export XDG_RUNTIME_DIR=$T/run
+mkdir -p "$M" "$C" "$T/src" "$T/blk"
+mkdir -m 700 "$XDG_RUNTIME_DIR"
+at_exit "fusermount3 -u -z '$M' 2>/dev/null"
+start_s3rver thaw
+UP="http://127.0.0.1:$S3_PORT/thaw" # straight to s3rver, past the proxy
+start_faultproxy
+B=$S3_BUCKET
+# A short retry budget, so a store that keeps failing ends quickly.
+export THAW_STORE_ATTEMPTS=3 THAW_STORE_TOTAL_MS=6000 THAW_STORE_STALL_MS=1500
+
+py() { "$THAW" status "$M" --json | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
+file_field() { py "[f for f in s['files'] if f['path']=='$1'][0]['$2']"; }
+LOG() { cat "$XDG_RUNTIME_DIR"/thaw/*.log; }
+wait_until() {
+	n=0
+	until [ "$(py "$2" 2>/dev/null)" = True ]; do
+		n=$((n + 1)); [ $n -lt $(($1 * 10)) ] || fail "timed out after $1 s waiting for: $2"
+		sleep 0.1
+	done
+}
+read_at() { # FILE MIB -> md5 of 1 MiB at MIB read with O_DIRECT, or EIO
+	out=$(timeout -k 5 60 dd if="$1" iflag=direct bs=1M skip="$2" count=1 status=none 2>&1 >"$T/rd") && { md5sum <"$T/rd" | cut -c1-32; return; }
+	case $out in *"Input/output error"*) echo EIO ;; *) echo "OTHER: $out" ;; esac
+}
+md5_at() { dd if="$1" bs=1M skip="$2" count=1 status=none | md5sum | cut -c1-32; }
+chunk_key() { # SRC MIB -> the key of the chunk object holding that block
+	dd if="$1" bs=1M skip="$2" count=1 status=none >"$T/want"
+	for k in $(curl -s "$UP?list-type=2&prefix=.thaw/chunks/" | grep -o '<Key>[^<]*</Key>' | sed 's/<[^>]*>//g'); do
+		curl -s -o "$T/got" "$UP/$k"
+		cmp -s "$T/got" "$T/want" && { echo "$k"; return; }
+	done
+	fail "no chunk object holds block $2 of $1"
+}
+unmount() { fusermount3 -u "$M" || fail "unmount"; }
+
+make_mixed "$T/src/a" $((20 << 20))
+head -c $((9 * 1048576 + 123)) /dev/urandom >"$T/src/plain"
+head -c 300000 /dev/urandom >"$T/src/b"
+for k in 0 1 2 3 4 5; do head -c 1048576 /dev/urandom >"$T/blk/$k"; done
+cat "$T"/blk/* >"$T/src/f"
+"$THAW" push "$T/src/a" "s3://$B/vm/a.img" >/dev/null || fail "push a"
+"$THAW" push "$T/src/b" "s3://$B/vm/sub/b.img" >/dev/null || fail "push b"
+"$THAW" push "$T/src/f" "s3://$B/vm/f.img" >/dev/null || fail "push f"
+curl -sf -T "$T/src/plain" "$UP/vm/plain.bin" >/dev/null || fail "put plain"
+curl -sf -T "$T/src/b" "$UP/elsewhere/x" >/dev/null || fail "put elsewhere"
+
+# --- the tree and the bytes ---
+"$THAW" mount "s3://$B/vm" "$M" --cache "$C" || fail "mount s3://$B/vm"
+[ "$(ls "$M" | tr '\n' ' ')" = "a.img f.img plain.bin sub " ] || fail "tree: $(ls "$M" | tr '\n' ' ')"
+[ "$(stat -c %s "$M/a.img")" = $((20 << 20)) ] || fail "a.img size $(stat -c %s "$M/a.img")"
+[ "$(stat -c %s "$M/plain.bin")" = $((9 * 1048576 + 123)) ] || fail "plain.bin size"
+fault_clear
+timeout -k 5 120 cmp "$T/src/a" "$M/a.img" || fail "a.img differs"
+gets=$(fault_gets ".thaw/chunks/")
+[ "$gets" = "$(file_field a.img fetches)" ] || fail "a.img: $gets chunk GETs at the proxy, $(file_field a.img fetches) fetches"
+[ "$gets" -lt 20 ] || fail "a.img: $gets GETs for 20 chunks, some zero"
+timeout -k 5 120 cmp "$T/src/plain" "$M/plain.bin" || fail "plain.bin differs"
+timeout -k 5 60 cmp "$T/src/b" "$M/sub/b.img" || fail "sub/b.img differs"
+cat >"$T/rand.py" <<'PY'
+import os, random, sys, threading
+src, mnt, n, threads, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+size = os.path.getsize(src); bad = []
+def work(k):
+    r = random.Random(seed * 100 + k)
+    a, b = os.open(src, os.O_RDONLY), os.open(mnt, os.O_RDONLY)
+    for _ in range(n):
+        off = r.randrange(0, size); ln = r.choice([1, 4096, 5000, 70000, 1 << 20, 3 << 20])
+        if os.pread(a, ln, off) != os.pread(b, ln, off): bad.append((off, ln))
+ts = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+[t.start() for t in ts]; [t.join() for t in ts]
+sys.exit("mismatch at %s" % bad[:5] if bad else 0)
+PY
+timeout -k 5 120 python3 "$T/rand.py" "$T/src/f" "$M/f.img" 60 6 1 || fail "concurrent random reads of f.img"
+timeout -k 5 60 cmp "$T/src/f" "$M/f.img" || fail "f.img differs"
+# A complete file is read again without a single GET.
+fault_clear
+cat "$M/a.img" "$M/plain.bin" >/dev/null
+timeout -k 5 60 dd if="$M/a.img" iflag=direct bs=1M status=none | cmp - "$T/src/a" || fail "a.img (O_DIRECT) differs"
+[ "$(fault_gets /)" = 0 ] || fail "reading complete files made $(fault_gets /) GETs"
+unmount
+
+# A whole bucket: .thaw/ stays hidden.
+"$THAW" mount "s3://$B/" "$M" --cache "$C" || fail "mount the bucket"
+[ "$(ls -A "$M" | tr '\n' ' ')" = "elsewhere vm " ] || fail "bucket root shows: $(ls -A "$M" | tr '\n' ' ')"
+cmp "$T/src/b" "$M/elsewhere/x" || fail "elsewhere/x differs"
+cmp "$T/src/a" "$M/vm/a.img" || fail "vm/a.img differs"
+unmount
+
+# --- kill -9 mid-hydration: nothing already cached is fetched again ---
+rm -rf "$C"
+"$THAW" mount "s3://$B/vm" "$M" --cache "$C" --hydrate --hydrate-rate 4M --hydrate-jobs 2 || fail "mount --hydrate"
+stat "$M/a.img" >/dev/null
+wait_until 60 "[f for f in s['files'] if f['path']=='a.img'][0]['chunks_present'] >= 6"
+sleep 1
+kill -9 "$(py "s['pid']")"
+sleep 0.3
+fusermount3 -u -z "$M"
+"$THAW" mount "s3://$B/vm" "$M" --cache "$C" || fail "remount after kill -9"
+stat "$M/a.img" >/dev/null
+hits=$(file_field a.img cache_hits_at_open)
+present=$(file_field a.img chunks_present)
+[ "$hits" -ge 4 ] || fail "only $hits chunks of a.img survived the crash"
+fault_clear
+timeout -k 5 120 cmp "$T/src/a" "$M/a.img" || fail "a.img differs after the crash"
+nch=$(file_field a.img chunks)
+[ "$(fault_gets ".thaw/chunks/")" = $((nch - present)) ] ||
+	fail "after the crash: $(fault_gets ".thaw/chunks/") chunk GETs, expected $((nch - present)) ($present of $nch present at open)"
+unmount
+
+# --- a store that fails ---
+rm -rf "$C"
+"$THAW" mount "s3://$B/vm" "$M" --cache "$C" || fail "mount for faults"
+k2=$(chunk_key "$T/src/f" 2)
+fault "status=500,method=GET,path=$k2"
+t0=$(date +%s)
+[ "$(read_at "$M/f.img" 2)" = EIO ] || fail "a chunk the store keeps failing was not EIO"
+el=$(( $(date +%s) - t0 ))
+[ $el -le 20 ] || fail "EIO took $el s with a 6 s retry budget"
+[ "$(fault_gets "$k2")" = 3 ] || fail "$(fault_gets "$k2") GETs of the failing chunk, want 3 (the retry budget)"
+[ "$(read_at "$M/f.img" 3)" = "$(md5_at "$T/src/f" 3)" ] || fail "chunk 3 unreadable next to a failing chunk"
+timeout -k 5 60 cmp "$T/src/b" "$M/sub/b.img" || fail "sub/b.img unreadable while f.img fails"
+LOG | grep -q "500" || fail "the log does not give the store's status"
+fault_clear
+[ "$(read_at "$M/f.img" 2)" = "$(md5_at "$T/src/f" 2)" ] || fail "chunk 2 unreadable once the store recovered"
+# Transient: two 503s and a reset mid-body, healed by the store's retries.
+k4=$(chunk_key "$T/src/f" 4)
+fault "status=503,method=GET,path=$k4,count=2"
+[ "$(read_at "$M/f.img" 4)" = "$(md5_at "$T/src/f" 4)" ] || fail "two 503s were not retried"
+k5=$(chunk_key "$T/src/f" 5)
+fault "reset_mid_body,method=GET,path=$k5,count=1"
+[ "$(read_at "$M/f.img" 5)" = "$(md5_at "$T/src/f" 5)" ] || fail "a reset mid-body was not retried"
+# Corrupt bytes on the wire: fetched twice, refused twice.
+k1=$(chunk_key "$T/src/f" 1)
+fault "corrupt,method=GET,path=$k1"
+[ "$(read_at "$M/f.img" 1)" = EIO ] || fail "a corrupted chunk was served"
+[ "$(file_field f.img verify_failures)" = 2 ] || fail "verify failures: $(file_field f.img verify_failures)"
+fault_clear
+[ "$(read_at "$M/f.img" 1)" = "$(md5_at "$T/src/f" 1)" ] || fail "chunk 1 unreadable after the corruption stopped"
+# A plain object whose ETag changes: refused, not mixed.
+[ "$(read_at "$M/plain.bin" 0)" = "$(md5_at "$T/src/plain" 0)" ] || fail "plain.bin chunk 0"
+fault 'etag="0123456789abcdef",method=GET,path=vm/plain.bin'
+[ "$(read_at "$M/plain.bin" 7)" = EIO ] || fail "a chunk with another ETag was served"
+LOG | grep -qi "changed" || fail "the log does not say plain.bin changed"
+fault_clear
+unmount
+sleep 0.3
+if grep -E "Sanitizer|runtime error" "$XDG_RUNTIME_DIR"/thaw/*.log; then fail "sanitizer reports in the daemon log"; fi
+exit 0
