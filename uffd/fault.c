@@ -309,15 +309,18 @@ static int serve_fault(struct session *s, uint64_t addr, uint64_t t_recv, int fi
 	uint64_t page = addr & ~(e->ps - 1), off = e->off + (page - e->va);
 	if (first_time)
 		record_touch(s, off / cs);
+	uint64_t lo, hi;
+	block_of(s, e, off, &lo, &hi);
 	if (unit_test(s->zero, off)) {
 		rc = fill_zero_page(s, e, off);
 		if (rc == -EAGAIN || rc == -ESRCH)
 			return rc;
 		fault_answered(s, FK_ZERO, t_recv);
+		/* Zeros need no chunk: widen to the 2 MiB around the fault. */
+		uint64_t w = off & ~((2ull << 20) - 1);
+		fill_zero_rest(s, e, max_u64(w, e->off), min_u64(w + (2ull << 20), e->off + e->len));
 		return 0;
 	}
-	uint64_t lo, hi;
-	block_of(s, e, off, &lo, &hi);
 	uint64_t c0 = lo / cs, c1 = (hi - 1) / cs, t_req = now_ns();
 	int missing = 0, all_zero = 1;
 	for (uint64_t c = c0; c <= c1; c++) {

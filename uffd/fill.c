@@ -286,6 +286,34 @@ int fill_zero_page(struct session *s, const struct extent *e, uint64_t off)
 	return rc;
 }
 
+void fill_zero_rest(struct session *s, const struct extent *e, uint64_t lo, uint64_t hi)
+{
+	if (e->ps != UNIT)
+		return;
+	for (uint64_t p = lo; p < hi;) {
+		if (!unit_test(s->zero, p)) {
+			p += UNIT;
+			continue;
+		}
+		uint64_t q = p;
+		while (q < hi && unit_test(s->zero, q))
+			q += UNIT;
+		/* Pages refaulted since the remove answer EEXIST: step over them. */
+		while (p < q) {
+			uint64_t done = 0;
+			int rc = ufd_zero(s->uffd, e->va + (p - e->off), q - p, 1, &done);
+			p += done;
+			if (rc == 0)
+				break;
+			if (rc != -EEXIST)
+				return; /* EAGAIN and friends: these pages will fault and be zeroed then */
+			p += UNIT;
+		}
+		p = q;
+	}
+	ufd_wake(s->uffd, e->va + (lo - e->off), hi - lo);
+}
+
 int64_t fill_poison(struct session *s, uint64_t lo, uint64_t hi)
 {
 	int64_t total = 0;

@@ -493,7 +493,7 @@ int userver_run(struct userver *srv)
 		if (p[0].revents & POLLIN)
 			accept_one(srv);
 	}
-	log_info("the client has gone and its transfer was complete: exiting");
+	log_info("--exit-when-done: the first client is done and gone; exiting");
 	return srv->exit_rc;
 }
 

@@ -112,6 +112,10 @@ int fill_range(struct session *s, uint64_t lo, uint64_t hi, uint64_t first_va, u
 	       struct fill_result *r);
 /* Zero-fill the page at image offset off (balloon-removed). */
 int fill_zero_page(struct session *s, const struct extent *e, uint64_t off);
+/* After a removed page faulted: zero the other removed pages of [lo, hi)
+ * too (4 KiB pages), so a deflated balloon range costs one fault per block,
+ * not one per page.  Never touches a page that is there. */
+void fill_zero_rest(struct session *s, const struct extent *e, uint64_t lo, uint64_t hi);
 /* Poison the not-done pages of [lo, hi); returns bytes poisoned or -errno. */
 int64_t fill_poison(struct session *s, uint64_t lo, uint64_t hi);
 /* Mark units of [lo, hi) done; returns how many were newly done. */
