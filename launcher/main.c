@@ -121,16 +121,3 @@ int main(int argc, char **argv)
 	return 2;
 }
 
-/* Until the demo and the uffd server are linked in, say so plainly. */
-__attribute__((weak)) int cmd_demo(int argc, char **argv)
-{
-	(void)argc; (void)argv;
-	fprintf(stderr, "thaw demo: not built into this binary yet\n");
-	return 1;
-}
-__attribute__((weak)) int cmd_uffd_serve(int argc, char **argv)
-{
-	(void)argc; (void)argv;
-	fprintf(stderr, "thaw uffd-serve: not built into this binary yet\n");
-	return 1;
-}
