@@ -319,9 +319,10 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		pthread_mutex_unlock(&fs->tick_mu);
 		pthread_join(fs->ticker, NULL);
 	}
-	file_close_all(fs);
-	if (tree_ok)
+	if (tree_ok) {
+		file_close_all(fs);
 		tree_destroy(&fs->tree);
+	}
 	if (fs->s)
 		store_close(fs->s);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);

@@ -83,5 +83,7 @@ timeout -k 5 60 dd if="$M/b.img" iflag=direct bs=1M status=none | cmp - "$T/src/
 mv "$S/.thaw.away" "$S/.thaw"
 fusermount3 -u "$M" || fail "unmount"
 sleep 0.5
+i=0; while pgrep -f "thaw mount .*$T/" >/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+pgrep -af "thaw mount .*$T/" && fail "a mount daemon outlived its mount (or a refused mount)"
 if grep -E "Sanitizer|runtime error" "$XDG_RUNTIME_DIR"/thaw/*.log; then fail "sanitizer reports in the daemon log"; fi
 exit 0

@@ -147,5 +147,7 @@ else
 	note "cannot mount a tmpfs here; cache-full case not run"
 fi
 sleep 0.3
+i=0; while pgrep -f "thaw mount .*$T/" >/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+pgrep -af "thaw mount .*$T/" && fail "a mount daemon outlived its mount (or a refused mount)"
 if grep -E "Sanitizer|runtime error" "$XDG_RUNTIME_DIR"/thaw/*.log; then fail "sanitizer reports in the daemon log"; fi
 exit 0

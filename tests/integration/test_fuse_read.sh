@@ -153,5 +153,7 @@ timeout -k 5 60 cmp "$T/src/mixed" "$M/dir/mixed.img" || fail "mixed.img differs
 fusermount3 -u "$M" || fail "fusermount3 -u"
 i=0; while "$THAW" status "$M" --json >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 sleep 0.5
+i=0; while pgrep -f "thaw mount .*$T/" >/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+pgrep -af "thaw mount .*$T/" && fail "a mount daemon outlived its mount (or a refused mount)"
 if grep -E "Sanitizer|runtime error" "$XDG_RUNTIME_DIR"/thaw/*.log; then fail "the daemon's log has sanitizer reports"; fi
 exit 0

@@ -110,5 +110,7 @@ LOG | grep -q "refusing to mix" || fail "the log does not explain why plain.bin 
 cmp "$T/want.disk" "$M/disk.img" || fail "disk.img unreadable next to a refused file"
 unmount
 sleep 0.3
+i=0; while pgrep -f "thaw mount .*$T/" >/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+pgrep -af "thaw mount .*$T/" && fail "a mount daemon outlived its mount (or a refused mount)"
 if grep -E "Sanitizer|runtime error" "$XDG_RUNTIME_DIR"/thaw/*.log; then fail "sanitizer reports in the daemon log"; fi
 exit 0

@@ -1,0 +1,188 @@
+#!/bin/sh
+# fuse.sh - `make bench-fuse`: thaw mount against its peers on one object in
+# s3rver, in one run: Debian's s3fs, rclone mount, and parallel ranged GETs
+# with curl (the server's ceiling, no filesystem at all).
+#
+# For each: time to first byte after mounting, cold sequential throughput
+# (fresh mount, empty caches), warm re-read (the kernel's page cache), and
+# NRAND random 4 KiB reads on a fresh mount (total, p50/p99 latency, and the
+# bytes the store sent, counted by tests/tools/faultproxy in front of s3rver,
+# so every tool is measured the same way).  thaw is measured twice: on the
+# plain object (what s3fs and rclone read) and on the same bytes pushed as a
+# thaw image (chunks verified with XXH3 on arrival).
+#
+#   FUSE_BENCH_MB=1024        object size
+#   FUSE_BENCH_RANDOM=200     random reads
+#   FUSE_BENCH_TOOLS="thaw thaw-img s3fs rclone curl"
+#   BUILD=build               where thaw and the tools are
+set -eu
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${BUILD:-build}
+THAW=$ROOT/$BUILD/thaw
+FP=$ROOT/$BUILD/tools/faultproxy
+MB=${FUSE_BENCH_MB:-1024}
+NRAND=${FUSE_BENCH_RANDOM:-200}
+WHO=${FUSE_BENCH_TOOLS:-"thaw thaw-img s3fs rclone curl"}
+T=$(mktemp -d /tmp/thaw-bench-fuse.XXXXXX)
+M=$T/mnt
+export XDG_RUNTIME_DIR=$T/run
+mkdir -p "$M" "$T/res"
+mkdir -m 700 "$XDG_RUNTIME_DIR"
+
+PIDS=""
+cleanup() {
+	set +e
+	fusermount3 -u -z "$M" 2>/dev/null
+	for p in $PIDS; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+	rm -rf "$T"
+}
+trap cleanup EXIT INT TERM
+die() { echo "bench-fuse: $*" >&2; exit 1; }
+log() { echo "  $*" >&2; }
+
+[ -x "$THAW" ] || die "$THAW not built (make)"
+[ -x "$FP" ] || die "$FP not built (make)"
+need=""
+case " $WHO " in *" s3fs "*) command -v s3fs >/dev/null || need="$need s3fs" ;; esac
+case " $WHO " in *" rclone "*) command -v rclone >/dev/null || need="$need rclone" ;; esac
+if [ -n "$need" ]; then
+	log "installing$need"
+	SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+	$SUDO apt-get update -qq >/dev/null
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null ||
+		die "cannot install$need"
+fi
+
+# --- s3rver, and faultproxy in front of it for counting bytes ---
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+S3_PORT=$(port)
+mkdir -p "$T/s3data"
+NODE_OPTIONS=--openssl-legacy-provider "$ROOT/tests/node_modules/.bin/s3rver" -d "$T/s3data" -a 127.0.0.1 \
+	-p "$S3_PORT" -s --configure-bucket bench >"$T/s3rver.log" 2>&1 &
+PIDS="$PIDS $!"
+i=0
+until curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/bench?list-type=2"; do
+	i=$((i + 1)); [ $i -lt 100 ] || die "s3rver did not start: $(cat "$T/s3rver.log")"
+	sleep 0.1
+done
+"$FP" --listen 127.0.0.1:0 --upstream "127.0.0.1:$S3_PORT" --port-file "$T/proxy.port" --quiet 2>/dev/null &
+PIDS="$PIDS $!"
+i=0; until [ -s "$T/proxy.port" ]; do i=$((i + 1)); [ $i -lt 100 ] || die "faultproxy did not start"; sleep 0.05; done
+DIRECT=http://127.0.0.1:$S3_PORT
+PROXY=http://127.0.0.1:$(cat "$T/proxy.port")
+export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_REGION=us-east-1
+export AWS_SHARED_CREDENTIALS_FILE=$T/none
+unset AWS_PROFILE AWS_SESSION_TOKEN 2>/dev/null || true
+proxy_bytes() { curl -s "$PROXY/__fault/stats?log=0" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_down"])'; }
+proxy_clear() { curl -s "$PROXY/__fault/clear?stats=1" >/dev/null; }
+
+log "making a $MB MiB object and uploading it (plain object and thaw image)"
+head -c $((MB << 20)) /dev/urandom >"$T/big.bin"
+curl -sf -T "$T/big.bin" "$DIRECT/bench/big.bin" >/dev/null || die "upload to s3rver failed"
+AWS_ENDPOINT_URL=$DIRECT "$THAW" push "$T/big.bin" "s3://bench/img/big.bin" >/dev/null || die "thaw push failed"
+python3 - "$T/big.bin" "$NRAND" >"$T/offsets" <<'PY'
+import os, random, sys
+size, n = os.path.getsize(sys.argv[1]), int(sys.argv[2])
+r = random.Random(42)
+print(" ".join(str(r.randrange(1, size // 4096) * 4096) for _ in range(n)))
+PY
+
+# --- mounting each tool at $M against endpoint $1 ---
+wait_mounted() {
+	i=0
+	until mountpoint -q "$M"; do i=$((i + 1)); [ $i -lt 300 ] || die "$1 did not mount"; sleep 0.05; done
+}
+mount_tool() { # TOOL ENDPOINT
+	case $1 in
+	thaw | thaw-img)
+		rm -rf "$T/cache"
+		AWS_ENDPOINT_URL=$2 "$THAW" mount "s3://bench/$([ "$1" = thaw-img ] && echo img/)" "$M" --cache "$T/cache" \
+			2>/dev/null || die "thaw mount failed"
+		;;
+	s3fs)
+		printf 'S3RVER:S3RVER\n' >"$T/s3fs.passwd"; chmod 600 "$T/s3fs.passwd"
+		s3fs bench "$M" -o url="$2" -o use_path_request_style -o passwd_file="$T/s3fs.passwd" \
+			-o endpoint=us-east-1 2>"$T/s3fs.err" || die "s3fs failed: $(cat "$T/s3fs.err")"
+		wait_mounted s3fs
+		;;
+	rclone)
+		env -u AWS_CA_BUNDLE RCLONE_S3_PROVIDER=Other RCLONE_S3_ENDPOINT="$2" RCLONE_S3_ACCESS_KEY_ID=S3RVER \
+			RCLONE_S3_SECRET_ACCESS_KEY=S3RVER RCLONE_S3_REGION=us-east-1 \
+			rclone mount :s3:bench "$M" --read-only >"$T/rclone.log" 2>&1 &
+		RCLONE_PID=$!
+		wait_mounted rclone
+		;;
+	esac
+}
+unmount_tool() {
+	fusermount3 -u "$M" 2>/dev/null || fusermount3 -u -z "$M"
+	if [ "$1" = rclone ]; then wait "$RCLONE_PID" 2>/dev/null || true; fi
+	i=0; while mountpoint -q "$M" && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+	sleep 0.3
+}
+file_of() { echo "$M/big.bin"; } # thaw-img mounts s3://bench/img/, where the image is big.bin
+
+now() { date +%s.%N; }
+secs() { echo "$2 - $1" | bc -l; }
+
+measure() { # TOOL -> res/TOOL: ttfb_ms seq_MBps warm_MBps rand_total_s p50_ms p99_ms rand_MB
+	tool=$1
+	log "$tool: time to first byte"
+	mount_tool "$tool" "$DIRECT"
+	t0=$(now); head -c 1 "$(file_of "$tool")" >/dev/null; t1=$(now)
+	ttfb=$(echo "($t1 - $t0) * 1000" | bc -l)
+	unmount_tool "$tool"
+
+	log "$tool: cold sequential read of $MB MiB"
+	mount_tool "$tool" "$DIRECT"
+	t0=$(now); dd if="$(file_of "$tool")" of=/dev/null bs=1M status=none; t1=$(now)
+	seq=$(echo "$MB / ($t1 - $t0)" | bc -l)
+	log "$tool: warm re-read"
+	t0=$(now); dd if="$(file_of "$tool")" of=/dev/null bs=1M status=none; t1=$(now)
+	warm=$(echo "$MB / ($t1 - $t0)" | bc -l)
+	unmount_tool "$tool"
+
+	log "$tool: $NRAND random 4 KiB reads"
+	mount_tool "$tool" "$PROXY"
+	stat "$(file_of "$tool")" >/dev/null
+	proxy_clear
+	python3 "$ROOT/bench/fuse_random.py" "$(file_of "$tool")" "$T/big.bin" $(cat "$T/offsets") >"$T/rand.out" ||
+		die "$tool: random reads failed: $(cat "$T/rand.out")"
+	rmb=$(echo "$(proxy_bytes) / 1048576" | bc -l)
+	unmount_tool "$tool"
+	echo "$ttfb $seq $warm $(cat "$T/rand.out") $rmb" >"$T/res/$tool"
+}
+
+measure_curl() {
+	log "curl: time to first byte (1-byte ranged GET)"
+	ttfb=$(curl -s -o /dev/null -r 0-0 -w '%{time_starttransfer}' "$DIRECT/bench/big.bin")
+	ttfb=$(echo "$ttfb * 1000" | bc -l)
+	log "curl: 16 parallel ranged GETs of the whole object"
+	part=$(( (MB << 20) / 16 ))
+	t0=$(now)
+	k=0; while [ $k -lt 16 ]; do echo "$((k * part))-$(( (k + 1) * part - 1))"; k=$((k + 1)); done |
+		xargs -P 16 -I R curl -sf -o /dev/null -r R "$DIRECT/bench/big.bin"
+	t1=$(now)
+	seq=$(echo "$MB / ($t1 - $t0)" | bc -l)
+	log "curl: $NRAND ranged 4 KiB GETs on one connection"
+	proxy_clear
+	python3 "$ROOT/bench/fuse_random.py" --http "$PROXY/bench/big.bin" "$T/big.bin" $(cat "$T/offsets") >"$T/rand.out" ||
+		die "curl: random GETs failed: $(cat "$T/rand.out")"
+	rmb=$(echo "$(proxy_bytes) / 1048576" | bc -l)
+	echo "$ttfb $seq - $(cat "$T/rand.out") $rmb" >"$T/res/curl"
+}
+
+for w in $WHO; do
+	case $w in
+	curl) measure_curl ;;
+	thaw | thaw-img | s3fs | rclone) measure "$w" ;;
+	*) die "unknown tool $w" ;;
+	esac
+done
+
+# Local file baseline: the same bytes from the page cache.
+cat "$T/big.bin" >/dev/null
+t0=$(now); dd if="$T/big.bin" of=/dev/null bs=1M status=none; t1=$(now)
+local=$(echo "$MB / ($t1 - $t0)" | bc -l)
+
+python3 "$ROOT/bench/fuse_report.py" "$T/res" "$local" "$MB" "$NRAND" $WHO

@@ -1,0 +1,58 @@
+"""fuse_report.py - the table bench/fuse.sh prints.
+
+usage: fuse_report.py RESDIR LOCAL_MBPS SIZE_MB NRAND TOOL...
+Each RESDIR/TOOL holds: ttfb_ms seq_MBps warm_MBps rand_total_s p50_ms p99_ms rand_MB
+("-" where a number does not apply).  Ratios are thaw's (the plain object)
+against each other tool: > 1 means thaw is better.
+"""
+import os
+import sys
+
+resdir, local, size, nrand, tools = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
+names = ["ttfb_ms", "seq_MBps", "warm_MBps", "rand_total_s", "rand_p50_ms", "rand_p99_ms", "rand_MB_fetched"]
+rows = {}
+for t in tools:
+    path = os.path.join(resdir, t)
+    if os.path.exists(path):
+        v = open(path).read().split()
+        rows[t] = [None if x == "-" else float(x) for x in v]
+
+labels = {"thaw": "thaw (plain object)", "thaw-img": "thaw (thaw image)", "s3fs": "s3fs", "rclone": "rclone mount",
+          "curl": "curl ranged GETs"}
+print()
+print("bench-fuse: one %s MiB object in s3rver; %s random 4 KiB reads; local page-cache read %.0f MB/s" %
+      (size, nrand, local))
+hdr = "%-22s %9s %10s %10s %11s %9s %9s %12s" % ("", "TTFB ms", "cold MB/s", "warm MB/s", "rand tot s",
+                                                     "p50 ms", "p99 ms", "rand MB in")
+print(hdr)
+fmt = lambda x, f: "-" if x is None else f % x
+for t in tools:
+    if t not in rows:
+        continue
+    r = rows[t]
+    print("%-22s %9s %10s %10s %11s %9s %9s %12s" % (labels.get(t, t), fmt(r[0], "%.1f"), fmt(r[1], "%.0f"),
+          fmt(r[2], "%.0f"), fmt(r[3], "%.3f"), fmt(r[4], "%.2f"), fmt(r[5], "%.2f"), fmt(r[6], "%.1f")))
+if "thaw" in rows and rows["thaw"][2]:
+    print("%-22s %9s %10s %10s" % ("local file", "-", "-", "%.0f" % local))
+print()
+base = rows.get("thaw")
+if base:
+    print("ratios, thaw (plain object) vs each (> 1: thaw better):")
+    for t in tools:
+        if t == "thaw" or t not in rows:
+            continue
+        r = rows[t]
+        parts = []
+        if r[0] and base[0]:
+            parts.append("TTFB %.2fx" % (r[0] / base[0]))
+        if r[1] and base[1]:
+            parts.append("cold throughput %.2fx" % (base[1] / r[1]))
+        if r[2] and base[2]:
+            parts.append("warm %.2fx" % (base[2] / r[2]))
+        if r[3] and base[3]:
+            parts.append("random total %.2fx" % (r[3] / base[3]))
+        if r[6] and base[6]:
+            parts.append("random bytes fetched %.2fx" % (r[6] / base[6]))
+        print("  vs %-20s %s" % (labels.get(t, t) + ":", ", ".join(parts)))
+    if base[2]:
+        print("  warm re-read vs a local file: %.2fx of local speed" % (base[2] / local))
