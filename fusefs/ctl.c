@@ -30,6 +30,7 @@ struct ctl_server {
 	pthread_t thread;
 	ctl_handler fn;
 	void *arg;
+	ino_t ino; /* of the socket we bound */
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 };
 
@@ -214,10 +215,15 @@ int ctl_server_start(const char *sock_path, ctl_handler fn, void *arg, struct ct
 		*slash = 0;
 		rc = secure_dir(dir);
 	}
+	/* A server still answering is either a live mount of this mountpoint or
+	 * one that was just unmounted and is tearing down: give it a moment. */
 	int probe;
-	if (rc == 0 && sock_connect(sock_path, &probe) == 0) {
+	for (int i = 0; rc == 0 && sock_connect(sock_path, &probe) == 0; i++) {
 		close(probe);
-		rc = err_set(EBUSY, "a thaw mount is already answering on %s", sock_path);
+		if (i == 100)
+			rc = err_set(EBUSY, "a thaw mount is already answering on %s", sock_path);
+		else
+			usleep(100 * 1000);
 	}
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock_path);
@@ -225,9 +231,12 @@ int ctl_server_start(const char *sock_path, ctl_handler fn, void *arg, struct ct
 		unlink(sock_path); /* stale, from a mount that died */
 		c->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		mode_t old = umask(077);
+		struct stat st;
 		if (c->lfd < 0 || bind(c->lfd, (struct sockaddr *)&sa, sizeof sa) < 0 || chmod(sock_path, 0600) < 0 ||
-		    listen(c->lfd, 16) < 0)
+		    listen(c->lfd, 16) < 0 || stat(sock_path, &st) < 0)
 			rc = err_set(errno, "control socket %s: %s", sock_path, strerror(errno));
+		else
+			c->ino = st.st_ino;
 		umask(old);
 	}
 	if (rc == 0 && pipe2(c->wake, O_CLOEXEC) < 0)
@@ -260,7 +269,11 @@ void ctl_server_stop(struct ctl_server *c)
 	close(c->lfd);
 	close(c->wake[0]);
 	close(c->wake[1]);
-	unlink(c->path);
+	/* Only our own socket: a new mount of the same mountpoint may already
+	 * have replaced it. */
+	struct stat st;
+	if (stat(c->path, &st) == 0 && st.st_ino == c->ino)
+		unlink(c->path);
 	free(c);
 }
 

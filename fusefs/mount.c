@@ -6,8 +6,9 @@
  * any thread starts and unblocked only in this thread around the session
  * loop, so libfuse's handler always runs where it can end the loop (the
  * store's and the blobs' threads never see those signals).  Teardown goes
- * unmount first (users see the mount go away at once), then the hydrator,
- * the control socket, the blobs (flushing their caches) and the store. */
+ * control socket and unmount first (users see the mount go away at once,
+ * and may mount it again), then the hydrator, the blobs (flushing their
+ * caches) and the store. */
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -303,6 +304,10 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 	char keep[ERR_MSG_MAX];
 	err_copy(keep, sizeof keep);
 
+	/* The mount is gone (or never was): stop answering for it first, so a
+	 * new mount of the same mountpoint can take the socket at once. */
+	ctl_server_stop(fs->ctl);
+	fs->ctl = NULL;
 	if (fs->se) {
 		fuse_remove_signal_handlers(fs->se);
 		if (mounted)
@@ -311,7 +316,6 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 	}
 	fuse_opt_free_args(&args);
 	hydrator_stop(fs->hy);
-	ctl_server_stop(fs->ctl);
 	if (fs->ticker_running) {
 		pthread_mutex_lock(&fs->tick_mu);
 		fs->stopping = 1;
