@@ -19,8 +19,10 @@ import json, os, shutil, socket, subprocess, sys, tempfile, time
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("BUILD", os.path.join(TOP, "build"))
 THAW, FCVM, BARE = BUILD + "/thaw", BUILD + "/tools/fcvm", BUILD + "/tools/barehandler"
-GIB = int(os.environ.get("BENCH_GIB", "1"))
-BIG = int(os.environ.get("BENCH_BIG_GIB", "4"))
+# Sizes in MiB (BENCH_MB, BENCH_BIG_MB) for quick runs; GiB by default.
+MB = int(os.environ.get("BENCH_MB", str(1024 * int(os.environ.get("BENCH_GIB", "1")))))
+BIG_MB = int(os.environ.get("BENCH_BIG_MB", str(1024 * int(os.environ.get("BENCH_BIG_GIB", "4")))))
+GIB = MB / 1024
 results = {}
 
 
@@ -90,7 +92,7 @@ def touch_section(tmp, label, url, image, eager_prefix_s=0.0):
         args = ["--touch", order, "--check", image]
         e = fcvm(["--no-uffd"] + args)
         eager = e["preload_s"] + e["touch_s"] + eager_prefix_s
-        print(f" {order} touch of {GIB} GiB ({label}):")
+        print(f" {order} touch of {GIB:g} GiB ({label}):")
         row("eager load (the floor)", eager, e["lat_us"]["p50"], e["lat_us"]["p99"], eager)
         res = {"eager_s": eager}
         if image and label.startswith("file"):
@@ -124,15 +126,15 @@ def main():
     disk = tempfile.mkdtemp(prefix="thaw-bench-uffd.", dir="/var/tmp")
     s3 = None
     try:
-        size = GIB << 30
+        size = MB << 20
         image = f"{shm}/vm.mem"
         sh([FCVM, "--make-image", image, "--size", str(size)])
         url = f"file://{shm}/store/vm.mem"
         sh([THAW, "push", image, url])
-        print(f"== (1) {GIB} GiB image, file:// store on tmpfs", flush=True)
+        print(f"== (1) {GIB:g} GiB image, file:// store on tmpfs", flush=True)
         results["file"] = touch_section(shm, "file:// on tmpfs", url, image)
 
-        print(f"== (2) {GIB} GiB image in s3rver", flush=True)
+        print(f"== (2) {GIB:g} GiB image in s3rver", flush=True)
         port = free_port()
         env = dict(os.environ, NODE_OPTIONS="--openssl-legacy-provider")
         s3 = subprocess.Popen([TOP + "/tests/node_modules/.bin/s3rver", "-d", f"{disk}/s3", "-a", "127.0.0.1",
@@ -156,27 +158,28 @@ def main():
         results["kvm"] = {}
         if not os.access("/dev/kvm", os.W_OK):
             print("  (skipped: no /dev/kvm)")
-        for gib in sorted({GIB, BIG}):
-            img = image if gib == GIB else f"{disk}/vm{gib}.mem"
-            u = url if gib == GIB else f"file://{disk}/store/vm{gib}.mem"
-            if gib != GIB:
-                sh([FCVM, "--make-image", img, "--size", str(gib << 30)])
+        for mb in sorted({MB, BIG_MB}):
+            gib = mb / 1024
+            img = image if mb == MB else f"{disk}/vm{mb}.mem"
+            u = url if mb == MB else f"file://{disk}/store/vm{mb}.mem"
+            if mb != MB:
+                sh([FCVM, "--make-image", img, "--size", str(mb << 20)])
                 sh([THAW, "push", img, u])
             subprocess.run(["sync"])
-            ps = pull_time(u, f"{disk}/p{gib}.mem")
-            sc = fcvm(["--no-uffd", "--kvm", "--check", f"{disk}/p{gib}.mem"])
-            os.unlink(f"{disk}/p{gib}.mem")
+            ps = pull_time(u, f"{disk}/p{mb}.mem")
+            sc = fcvm(["--no-uffd", "--kvm", "--check", f"{disk}/p{mb}.mem"])
+            os.unlink(f"{disk}/p{mb}.mem")
             v, m = thaw_run(disk, u, ["--kvm", "--check", img])
             vm_r = ps  # Vm/R with R = Vm / (pull time) measured just now
             lazy_first = v["launch_to_first_insn_us"] / 1e3
             sc_first = ps * 1e3 + sc["launch_to_first_insn_us"] / 1e3
             complete = m["complete_ms"] / 1e3
-            print(f"  {gib} GiB: first instruction thaw {lazy_first:.1f} ms vs pull+start {sc_first:.0f} ms; "
+            print(f"  {gib:g} GiB: first instruction thaw {lazy_first:.1f} ms vs pull+start {sc_first:.0f} ms; "
                   f"whole image local {complete:.2f} s vs Vm/R {vm_r:.2f} s ({complete / vm_r:.2f}x, target <= 1.1)",
                   flush=True)
-            results["kvm"][gib] = dict(first_ms=lazy_first, sc_first_ms=sc_first, complete_s=complete, vm_r_s=vm_r,
+            results["kvm"][mb] = dict(first_ms=lazy_first, sc_first_ms=sc_first, complete_s=complete, vm_r_s=vm_r,
                                        faults=m["faults"])
-            if gib != GIB:
+            if mb != MB:
                 os.unlink(img)
 
         print("== (4) second resume from s3rver with and without --prefetch (random touch)", flush=True)
@@ -217,7 +220,7 @@ def plot():
     png = os.path.join(TOP, "bench", "uffd-latency.png")
     gp = (f"set terminal png size 900,500; set output '{png}'; set logscale x 2; set logscale y;"
           "set xlabel 'time blocked per page touch (us, log2 buckets)'; set ylabel 'touches';"
-          f"set title 'Random touch of {GIB} GiB: per-touch latency'; set key top right;"
+          f"set title 'Random touch of {GIB:g} GiB: per-touch latency'; set key top right;"
           f"plot for [i=0:2] '{dat}' index i using 1:2 with linespoints title columnheader(1)")
     if shutil.which("gnuplot"):
         subprocess.run(["gnuplot", "-e", gp], check=False)
