@@ -39,6 +39,7 @@ struct thawfs {
 	uint64_t t0_ns;
 	time_t mount_time;        /* directories without an mtime show this */
 	int splice;               /* reply with file descriptors (splice) where we can */
+	int init_done;            /* the kernel's INIT has been answered (atomic) */
 
 	/* The 1 Hz ticker: rates for status, overlay syncs. */
 	pthread_t ticker;

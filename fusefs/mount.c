@@ -33,6 +33,7 @@ void fusefs_opts_default(struct fusefs_opts *o)
 	o->readahead_min = 1u << 20;
 	o->readahead_max = 64u << 20;
 	o->chunk_size = 1u << 20;
+	o->kernel_readahead_kb = 1024;
 }
 
 static int mkdir_p(const char *path)
@@ -126,16 +127,25 @@ static void ctl_handle(void *arg, const char *req, FILE *out)
 	}
 }
 
+static void raise_kernel_readahead(const char *mnt, unsigned kb);
+
 static void *ticker_main(void *arg)
 {
 	struct thawfs *fs = arg;
+	int ra_done = !fs->o.kernel_readahead_kb, init_seen = 0;
 	pthread_mutex_lock(&fs->tick_mu);
 	while (!fs->stopping) {
-		struct timespec dl = deadline_after_ms(1000);
+		struct timespec dl = deadline_after_ms(ra_done ? 1000 : 20);
 		pthread_cond_timedwait(&fs->tick_cv, &fs->tick_mu, &dl);
 		if (fs->stopping)
 			break;
 		pthread_mutex_unlock(&fs->tick_mu);
+		/* A tick after INIT was answered (the reply would cap it again). */
+		if (!ra_done && init_seen) {
+			raise_kernel_readahead(fs->mnt_abs, fs->o.kernel_readahead_kb);
+			ra_done = 1;
+		}
+		init_seen = __atomic_load_n(&fs->init_done, __ATOMIC_ACQUIRE);
 		uint64_t now = now_ns(), max = tree_max_ino(&fs->tree);
 		for (uint64_t ino = 1; ino <= max; ino++) {
 			struct tnode *n = tree_get(&fs->tree, ino);
@@ -146,6 +156,51 @@ static void *ticker_main(void *arg)
 	}
 	pthread_mutex_unlock(&fs->tick_mu);
 	return NULL;
+}
+
+/* The kernel reads ahead of a FUSE file only 128 KiB at a time (its default
+ * for a new bdi, and it caps the INIT reply to that), so a sequential reader
+ * costs one round trip per 128 KiB.  Root may raise it for this mount: find
+ * the mount's device in mountinfo (a stat of the mountpoint would wait for
+ * this very daemon) and write the bdi's read_ahead_kb.  Best effort. */
+static void raise_kernel_readahead(const char *mnt, unsigned kb)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "r");
+	if (!f)
+		return;
+	char line[8192], dev[64] = "";
+	while (fgets(line, sizeof line, f)) {
+		/* id parent major:minor root mountpoint ... ("\040" etc. for odd bytes) */
+		char majmin[64], root[4096], mp[4096];
+		if (sscanf(line, "%*s %*s %63s %4095s %4095s", majmin, root, mp) != 3)
+			continue;
+		char un[4096];
+		size_t j = 0;
+		for (size_t i = 0; mp[i] && j + 1 < sizeof un; i++) {
+			if (mp[i] == '\\' && mp[i + 1] >= '0' && mp[i + 1] <= '3' && mp[i + 2] && mp[i + 3]) {
+				un[j++] = (char)((mp[i + 1] - '0') * 64 + (mp[i + 2] - '0') * 8 + (mp[i + 3] - '0'));
+				i += 3;
+			} else {
+				un[j++] = mp[i];
+			}
+		}
+		un[j] = 0;
+		if (!strcmp(un, mnt) && strstr(line, " - fuse.thaw "))
+			snprintf(dev, sizeof dev, "%s", majmin); /* the last one is the newest */
+	}
+	fclose(f);
+	if (!dev[0])
+		return;
+	char p[128];
+	snprintf(p, sizeof p, "/sys/class/bdi/%s/read_ahead_kb", dev);
+	FILE *w = fopen(p, "w");
+	if (!w) {
+		log_debug("cannot raise the kernel's readahead (%s: %s)", p, strerror(errno));
+		return;
+	}
+	fprintf(w, "%u\n", kb);
+	if (fclose(w) == 0)
+		log_debug("kernel readahead for %s set to %u KiB", mnt, kb);
 }
 
 static void report(int *ready_fd, const char *what)

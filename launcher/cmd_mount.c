@@ -29,7 +29,8 @@ static void mount_usage(FILE *f)
 	fprintf(f,
 		"usage: thaw mount URL MOUNTPOINT [--cache DIR] [--hydrate] [--rw] [--foreground]\n"
 		"                  [--allow-other] [--jobs N] [--store-jobs N] [--hydrate-jobs N]\n"
-		"                  [--hydrate-rate BYTES/s] [--readahead MAX] [--chunk-size N] [--debug]\n\n"
+		"                  [--hydrate-rate BYTES/s] [--readahead MAX] [--chunk-size N]\n"
+		"                  [--kernel-readahead KB] [--debug]\n\n"
 		"Serve the objects under URL (file:///dir/ or s3://bucket/prefix/) as files at\n"
 		"MOUNTPOINT, fetched lazily: a read fetches only the chunks it needs (sequential\n"
 		"reads open a readahead window that doubles up to --readahead), concurrent readers\n"
@@ -51,6 +52,8 @@ static void mount_usage(FILE *f)
 		"  --readahead MAX    readahead window cap (default 64M)\n"
 		"  --chunk-size N     fetch size for plain objects (default 1M; images keep theirs)\n"
 		"  --store-timeout MS give up on one store request after MS (default 60000)\n"
+		"  --kernel-readahead KB  the kernel's own readahead for this mount (default 1024;\n"
+		"                     needs root, 0 leaves the kernel's 128)\n"
 		"  --debug            trace every FUSE request (implies --foreground)\n\n"
 		"Unmount with `fusermount3 -u MOUNTPOINT`, or SIGINT/SIGTERM to the daemon.\n"
 		"`thaw status MOUNTPOINT` talks to the mount through a Unix socket (mode 0600) in\n"
@@ -135,7 +138,8 @@ int cmd_mount(int argc, char **argv)
 		{ "foreground", 0, 0, 'f' },  { "allow-other", 0, 0, 'A' },   { "jobs", 1, 0, 'j' },
 		{ "store-jobs", 1, 0, 'S' },  { "hydrate-jobs", 1, 0, 'J' },  { "hydrate-rate", 1, 0, 'R' },
 		{ "readahead", 1, 0, 'r' },   { "chunk-size", 1, 0, 'C' },    { "store-timeout", 1, 0, 'T' },
-		{ "debug", 0, 0, 'd' },       { "help", 0, 0, 'h' },          { 0, 0, 0, 0 },
+		{ "debug", 0, 0, 'd' },       { "help", 0, 0, 'h' },          { "kernel-readahead", 1, 0, 'K' },
+		{ 0, 0, 0, 0 },
 	};
 	int c;
 	uint64_t v;
@@ -157,6 +161,11 @@ int cmd_mount(int argc, char **argv)
 			else if (c == 'S') o.store_jobs = (int)v;
 			else if (c == 'J') o.hydrate_jobs = (int)v;
 			else o.store_timeout_ms = v;
+			break;
+		case 'K':
+			if (cli_parse_size(optarg, &v) < 0 || v > 1048576)
+				return fprintf(stderr, "thaw mount: bad --kernel-readahead '%s'\n", optarg), 2;
+			o.kernel_readahead_kb = (unsigned)v;
 			break;
 		case 'R': case 'r': case 'C':
 			if (cli_parse_size(optarg, &v) < 0)
