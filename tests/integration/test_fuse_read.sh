@@ -33,6 +33,9 @@ make_mixed "$T/src/mixed" $((24 * 1048576 + 12345))   # zero runs and repeated c
 "$THAW" push "$T/src/mixed" "file://$S/dir/mixed.img" >/dev/null || fail "push mixed"
 cp "$T/src/mixed" "$S/dir/deeper/mixed.plain"
 head -c $((8 << 20)) /dev/urandom >"$S/shared.bin"
+mkdir -p "$S/cold"
+head -c $((5 << 20)) /dev/urandom >"$S/cold/c1.bin"
+"$THAW" push "$T/src/f5" "file://$S/cold/c2.img" >/dev/null || fail "push cold/c2.img"
 head -c 100000 /dev/urandom >"$T/src/small"
 "$THAW" push "$T/src/small" "file://$S/dir/deeper/small.img" >/dev/null || fail "push small"
 
@@ -135,6 +138,22 @@ cat "$M/dir/mixed.img" >/dev/null
 "$THAW" status "$M" --once | grep -q "dir/mixed.img" || fail "status table lacks dir/mixed.img"
 [ "$(py "all(0 <= f['percent'] <= 100 for f in s['files'])")" = True ] || fail "status percent out of range"
 [ "$(py "s['mountpoint']")" = "$(cd "$M/.." && pwd -P)/mnt" ] || fail "status names another mountpoint"
+
+# `thaw status --hydrate PATH`: a directory nobody read is pulled in whole.
+"$THAW" status "$M" --hydrate cold --once >/dev/null || fail "status --hydrate cold"
+"$THAW" status "$M" --hydrate no/such/path --once 2>"$T/err" && fail "hydrating a missing path succeeded"
+grep -q "no/such/path" "$T/err" || fail "hydrate error does not name the path: $(cat "$T/err")"
+i=0
+until [ "$(py "s['hydrator']['done']")" = 2 ]; do
+	i=$((i + 1)); [ $i -lt 300 ] || fail "cold/ not hydrated in 30 s: $(status_json)"
+	sleep 0.1
+done
+[ "$(py "s['hydrator']['failed']")" = 0 ] || fail "hydration of cold/ failed"
+[ "$(file_field cold/c1.bin hydrate)" = done ] || fail "cold/c1.bin hydrate state $(file_field cold/c1.bin hydrate)"
+g0=$(py "s['store']['gets']")
+cmp "$S/cold/c1.bin" "$M/cold/c1.bin" || fail "hydrated cold/c1.bin differs"
+cmp "$T/src/f5" "$M/cold/c2.img" || fail "hydrated cold/c2.img differs"
+[ "$(py "s['store']['gets']")" -le $((g0 + 2)) ] || fail "reading hydrated files fetched chunks"
 
 # SIGTERM unmounts cleanly, and the control socket goes with it.
 pid=$(py "s['pid']")
