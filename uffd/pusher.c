@@ -164,9 +164,11 @@ static void *pusher_main(void *arg)
 	for (uint64_t c = 0; cfg->push && c < n && rc == 0; c++)
 		rc = push_chunk(s, c, PRIO_BACKGROUND);
 	metrics_set_time(&s->m->t_push_end, now_ns());
-	if (rc == -ESRCH || rc == -ECANCELED)
-		rc = 0;
-	if (rc < 0)
+	if (rc == -ESRCH)
+		log_info("connection %d: pusher stopped: the client's address space is gone", s->id);
+	else if (rc == -ECANCELED)
+		log_debug("connection %d: pusher stopped", s->id);
+	else if (rc < 0)
 		log_error("connection %d: pusher stopped: %s", s->id, err_msg());
 	else if (cfg->push)
 		log_info("connection %d: pusher done: %.1f MiB installed in %.3f s", s->id,
