@@ -149,3 +149,15 @@ grep -q "no usable working set" "$T/prefetch-wrong.log" || fail "a working set o
 fcvm_ok prefetch-wrong --touch seq --stride 8M --check "$MEM"
 uffd_wait $SRV_PID 30 || fail "prefetch-wrong: server exit status $?"
 note "record/prefetch: ok ($recorded chunks)"
+
+# The same over s3:// (s3rver), with the working set recorded to and
+# prefetched from the bucket.
+if [ -x "$TESTS_DIR/node_modules/.bin/s3rver" ]; then
+	start_s3rver thaw
+	"$THAW" push "$MEM" s3://thaw/vm/mem >/dev/null 2>&1 || fail "thaw push to s3 failed"
+	one s3 --mem s3://thaw/vm/mem --record s3://thaw/vm/mem.ws -- --touch random --threads 2 --stride 1M
+	one s3-prefetch --mem s3://thaw/vm/mem --prefetch --prefetch-from s3://thaw/vm/mem.ws -- --touch seq --stride 2M
+	check_metric "$T/s3-prefetch.json" 'm["prefetch"]["chunks"] > 0' "nothing prefetched from s3://thaw/vm/mem.ws"
+else
+	note "no s3rver (run make deps); skipped the s3:// part"
+fi
