@@ -26,7 +26,7 @@ ratio() { echo "scale=2; $1 / $2" | bc; }
 echo "== setup: ${MB} MiB of random data"
 head -c "$SIZE" /dev/urandom >"$T/obj"
 start=$(date +%s.%N)
-curl -s -X PUT --data-binary @"$T/obj" "$URL" -o /dev/null
+curl -s -T "$T/obj" "$URL" -o /dev/null
 curl_put=$(echo "$SIZE / ($(date +%s.%N) - $start) / 1000000" | bc -l | cut -c1-6)
 
 echo "== ranged GETs of the plain object: thaw lazy blob (hydrate) vs parallel curl"

@@ -50,8 +50,81 @@ int store_open(const struct thaw_url *u, const struct store_config *cfg, struct 
 		free(s);
 		return rc;
 	}
+	/* s3 completions arrive on its single loop thread; run callbacks elsewhere.
+	 * (file:// completes on its worker pool, which is already parallel.) */
+	if (u->scheme == URL_S3 && (rc = store_deliver_start(s, 2)) < 0) {
+		store_close(s);
+		return rc;
+	}
 	*out = s;
 	return 0;
+}
+
+struct store_deliverer {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct store_op *head, *tail;
+	int stop, n;
+	pthread_t th[8];
+};
+
+static void *deliver_main(void *arg)
+{
+	struct store_deliverer *d = arg;
+	pthread_mutex_lock(&d->mu);
+	for (;;) {
+		while (!d->head && !d->stop)
+			pthread_cond_wait(&d->cv, &d->mu);
+		struct store_op *op = d->head;
+		if (!op)
+			break;
+		d->head = op->next;
+		if (!d->head)
+			d->tail = NULL;
+		pthread_mutex_unlock(&d->mu);
+		op->done(op);
+		pthread_mutex_lock(&d->mu);
+	}
+	pthread_mutex_unlock(&d->mu);
+	return NULL;
+}
+
+int store_deliver_start(struct store *s, int nthreads)
+{
+	struct store_deliverer *d = calloc(1, sizeof *d);
+	if (!d)
+		return err_set(ENOMEM, "out of memory");
+	pthread_mutex_init(&d->mu, NULL);
+	pthread_cond_init(&d->cv, NULL);
+	if (nthreads > 8)
+		nthreads = 8;
+	for (d->n = 0; d->n < nthreads; d->n++)
+		if (pthread_create(&d->th[d->n], NULL, deliver_main, d))
+			break;
+	if (!d->n) {
+		free(d);
+		return err_set(EAGAIN, "cannot start store callback threads");
+	}
+	s->dlv = d;
+	return 0;
+}
+
+void store_deliver(struct store *s, struct store_op *op)
+{
+	struct store_deliverer *d = s->dlv;
+	if (!d) {
+		op->done(op);
+		return;
+	}
+	op->next = NULL;
+	pthread_mutex_lock(&d->mu);
+	if (d->tail)
+		d->tail->next = op;
+	else
+		d->head = op;
+	d->tail = op;
+	pthread_cond_signal(&d->cv);
+	pthread_mutex_unlock(&d->mu);
 }
 
 void store_close(struct store *s)
@@ -59,6 +132,17 @@ void store_close(struct store *s)
 	if (!s)
 		return;
 	s->impl->close(s);
+	/* close() finished or cancelled every op; let their callbacks run out. */
+	struct store_deliverer *d = s->dlv;
+	if (d) {
+		pthread_mutex_lock(&d->mu);
+		d->stop = 1;
+		pthread_cond_broadcast(&d->cv);
+		pthread_mutex_unlock(&d->mu);
+		for (int i = 0; i < d->n; i++)
+			pthread_join(d->th[i], NULL);
+		free(d);
+	}
 	free(s);
 }
 

@@ -93,12 +93,15 @@ struct store_impl {
 	void (*close)(struct store *s);
 };
 
+struct store_deliverer; /* store.c: threads that run done() callbacks */
+
 struct store {
 	const struct store_impl *impl;
 	struct thaw_url url;     /* root is meaningful; key is ignored */
 	struct store_config cfg;
 	struct store_stats stats;
 	void *priv;
+	struct store_deliverer *dlv;
 };
 
 void store_config_default(struct store_config *cfg);
@@ -126,6 +129,12 @@ int store_list(struct store *s, const char *prefix, const char *delim, store_lis
 uint64_t store_backoff_ms(int attempt);
 /* Fill op->rc/errmsg (helper for implementations). */
 void store_op_fail(struct store_op *op, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* For event-loop implementations: hand a finished op to the store's callback
+ * threads, so a done() that writes to disk or hashes never stalls the loop
+ * (and with it every other transfer).  Started by store_deliver_start. */
+int store_deliver_start(struct store *s, int nthreads);
+void store_deliver(struct store *s, struct store_op *op);
 
 /* Implementations. */
 int store_file_open(struct store *s);

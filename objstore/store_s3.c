@@ -1172,7 +1172,7 @@ static void op_complete(struct s3 *x, struct store_op *op)
 {
 	if (op->rc < 0)
 		atomic_fetch_add(&x->s->stats.failures, 1);
-	op->done(op);
+	store_deliver(x->s, op);
 }
 
 static void finish_simple(struct req *r)
