@@ -60,13 +60,13 @@ echo "thaw pull ${pull} MB/s vs best parallel curl ${best_curl} MB/s: ratio $(ra
 
 echo "== chunk-size sweep (image of 256 MiB): hydrate throughput, cold random 4 KiB read latency"
 head -c $((256 << 20)) "$T/obj" >"$T/small"
-printf '%-6s %12s %10s %10s %14s\n' chunk "hydrate MB/s" "p50 ms" "p99 ms" "fetched/read"
+printf '%-6s %12s %14s %14s %14s\n' chunk "hydrate MB/s" "cold p50 ms" "cold p99 ms" "fetched/read"
 for cs in 64K 256K 1M 4M 8M; do
 	"$THAW" push --chunk-size "$cs" "$T/small" "s3://thaw/sweep-$cs" >/dev/null
 	h=$("$TOOLS/blobcat" "s3://thaw/sweep-$cs" --jobs 16 | j MBps)
 	r=$("$TOOLS/blobcat" "s3://thaw/sweep-$cs" --mode random --count 100 --jobs 16)
-	p50=$(echo "$r" | j p50_us); p99=$(echo "$r" | j p99_us); f=$(echo "$r" | j fetched)
-	printf '%-6s %12s %10s %10s %14s\n' "$cs" "$h" "$(echo "scale=2; $p50/1000" | bc)" \
+	p50=$(echo "$r" | j cold_p50_us); p99=$(echo "$r" | j cold_p99_us); f=$(echo "$r" | j fetched)
+	printf '%-6s %12s %14s %14s %14s\n' "$cs" "$h" "$(echo "scale=2; $p50/1000" | bc)" \
 		"$(echo "scale=2; $p99/1000" | bc)" "$(echo "$f / 100 / 1024" | bc) KiB"
 done
 raw=$(for i in 1 2 3 4 5 6 7 8 9 10; do curl -s -o /dev/null -w '%{time_total}\n' -r 40960-45055 "$URL"; done | sort -n | sed -n 5p)

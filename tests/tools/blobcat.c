@@ -97,7 +97,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	uint64_t t_open = now_ns() - t0, size = blob_size(b), bytes = 0;
-	uint64_t *lat = NULL, nlat = 0;
+	uint64_t *lat = NULL, nlat = 0, *cold = NULL, ncold = 0;
 	int rc = 0;
 	uint64_t t1 = now_ns();
 	if (!strcmp(mode, "hydrate")) {
@@ -111,6 +111,7 @@ int main(int argc, char **argv)
 			rsize = seq ? 1 << 20 : 4096;
 		uint64_t n = seq ? (size + rsize - 1) / rsize : count;
 		lat = malloc((n + 1) * sizeof *lat);
+		cold = malloc((n + 1) * sizeof *cold);
 		char *buf = malloc(rsize);
 		FILE *of = out && seq ? fopen(out, "w") : NULL;
 		unsigned rs = (unsigned)seed;
@@ -118,9 +119,14 @@ int main(int argc, char **argv)
 			uint64_t off = seq ? i * rsize : ((uint64_t)rand_r(&rs) << 31 ^ (uint64_t)rand_r(&rs)) % (size > rsize ? size - rsize : 1);
 			if (!seq)
 				off &= ~4095ull;
+			struct blob_stats s0, s1;
+			blob_get_stats(b, &s0);
 			uint64_t ts = now_ns();
 			ssize_t got = blob_read(b, buf, rsize, off, PRIO_DEMAND);
 			lat[nlat++] = now_ns() - ts;
+			blob_get_stats(b, &s1);
+			if (s1.fetches > s0.fetches) /* this read waited for the store: a cold read */
+				cold[ncold++] = lat[nlat - 1];
 			if (got < 0) {
 				rc = (int)got;
 				break;
@@ -157,15 +163,19 @@ int main(int argc, char **argv)
 	blob_get_stats(b, &st);
 	if (nlat)
 		qsort(lat, nlat, sizeof *lat, cmp_u64);
+	if (ncold)
+		qsort(cold, ncold, sizeof *cold, cmp_u64);
 	printf("{\"mode\":\"%s\",\"size\":%llu,\"bytes\":%llu,\"secs\":%.4f,\"MBps\":%.1f,\"open_ms\":%.2f,"
 	       "\"fetched\":%llu,\"fetches\":%llu,\"gets\":%llu,\"reads\":%llu,\"p50_us\":%.0f,\"p99_us\":%.0f,"
-	       "\"first_us\":%.0f}\n",
+	       "\"first_us\":%.0f,\"cold_reads\":%llu,\"cold_p50_us\":%.0f,\"cold_p99_us\":%.0f}\n",
 	       mode, (unsigned long long)size, (unsigned long long)bytes, secs, secs > 0 ? (double)bytes / secs / 1e6 : 0,
 	       (double)t_open / 1e6, (unsigned long long)st.bytes_fetched, (unsigned long long)st.fetches,
 	       (unsigned long long)atomic_load(&s->stats.gets), (unsigned long long)nlat,
 	       nlat ? (double)lat[nlat / 2] / 1e3 : 0, nlat ? (double)lat[nlat * 99 / 100] / 1e3 : 0,
-	       nlat ? (double)lat[0] / 1e3 : 0);
+	       nlat ? (double)lat[0] / 1e3 : 0, (unsigned long long)ncold,
+	       ncold ? (double)cold[ncold / 2] / 1e3 : 0, ncold ? (double)cold[ncold * 99 / 100] / 1e3 : 0);
 	free(lat);
+	free(cold);
 	blob_close(b);
 	store_close(s);
 	return 0;
