@@ -220,7 +220,7 @@ int ctl_server_start(const char *sock_path, ctl_handler fn, void *arg, struct ct
 	int probe;
 	for (int i = 0; rc == 0 && sock_connect(sock_path, &probe) == 0; i++) {
 		close(probe);
-		if (i == 100)
+		if (i == 20)
 			rc = err_set(EBUSY, "a thaw mount is already answering on %s", sock_path);
 		else
 			usleep(100 * 1000);

@@ -312,6 +312,11 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		if (!fs->se)
 			rc = err_set(EINVAL, "cannot create the FUSE session (see the log above)");
 	}
+	/* libfuse leaves an ignored signal ignored, and a shell starts background
+	 * jobs with SIGINT ignored; we want Ctrl-C/kill -INT to unmount. */
+	signal(SIGINT, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
 	if (rc == 0 && fuse_set_signal_handlers(fs->se) < 0)
 		rc = err_set(EINVAL, "cannot install signal handlers");
 	int mounted = 0;
