@@ -140,6 +140,25 @@ void *blob_chunk_ptr(struct blob *b, uint64_t idx)
 	return b->mem ? b->mem + (idx << b->shift) : NULL;
 }
 
+int blob_drop_memory(struct blob *b)
+{
+	if (!b->mem)
+		return 0;
+	pthread_mutex_lock(&b->mu);
+	if (b->inflight || b->completing) {
+		pthread_mutex_unlock(&b->mu);
+		return err_set(EBUSY, "%s: fetches in flight; memory not dropped", b->key);
+	}
+	b->hydrating = 0;
+	madvise(b->mem, b->mem_len, MADV_DONTNEED);
+	for (uint64_t i = 0; i < b->n; i++)
+		if (b->state[i] == C_PRESENT && !blob_chunk_is_zero(b, i))
+			b->state[i] = C_ABSENT;
+	b->present = b->zero;
+	pthread_mutex_unlock(&b->mu);
+	return 0;
+}
+
 /* --- fetching --- */
 
 static void fetch_done(struct store_op *op);
@@ -176,6 +195,7 @@ static int start_fetch(struct blob *b, uint64_t idx, int prio)
 	}
 	op->done = fetch_done;
 	op->arg = f;
+	op->urgent = prio == PRIO_DEMAND;
 	b->state[idx] = C_INFLIGHT;
 	b->inflight++;
 	if (prio == PRIO_BACKGROUND) {
@@ -241,6 +261,7 @@ static void fetch_done(struct store_op *op)
 			op->kind = STORE_GET;
 			op->buf = f->buf;
 			op->len = len;
+			op->urgent = f->prio == PRIO_DEMAND;
 			op->done = fetch_done;
 			op->arg = f;
 			if (store_submit(b->s, op) == 0)
@@ -367,7 +388,9 @@ void blob_request(struct blob *b, uint64_t idx, enum blob_prio prio)
 	if (idx >= b->n || blob_chunk_present(b, idx))
 		return;
 	pthread_mutex_lock(&b->mu);
-	if (b->state[idx] != C_FAILED)
+	/* A failed chunk gets one new attempt per demand (as blob_ensure does),
+	 * never from readahead or background work, which would retry forever. */
+	if (b->state[idx] != C_FAILED || prio == PRIO_DEMAND)
 		enqueue(b, idx, prio);
 	dispatch(b);
 	pthread_mutex_unlock(&b->mu);

@@ -70,7 +70,8 @@ uint64_t blob_chunk_len(const struct blob *b, uint64_t idx);
 int blob_chunk_is_zero(const struct blob *b, uint64_t idx);
 int blob_chunk_present(const struct blob *b, uint64_t idx);
 
-/* Ask for chunk idx at prio; returns at once. */
+/* Ask for chunk idx at prio; returns at once.  A chunk whose fetch failed is
+ * tried again only for PRIO_DEMAND (one attempt per call). */
 void blob_request(struct blob *b, uint64_t idx, enum blob_prio prio);
 /* Make chunk idx present and wait for it (or its failure).  0 or <0 + err_msg. */
 int blob_ensure(struct blob *b, uint64_t idx, enum blob_prio prio);
@@ -78,8 +79,16 @@ int blob_ensure(struct blob *b, uint64_t idx, enum blob_prio prio);
  * at prio.  Returns bytes read or <0 + err_msg.  Never returns unverified bytes. */
 ssize_t blob_read(struct blob *b, void *buf, size_t len, uint64_t off, enum blob_prio prio);
 /* Memory backing only: the address of chunk idx's bytes (valid once present,
- * until blob_close).  NULL for a persistent-cache backing. */
+ * until blob_close or blob_drop_memory).  NULL for a persistent-cache backing.
+ * Promised: the chunks are one contiguous mapping (chunk i at
+ * blob_chunk_ptr(b, 0) + i * chunk size), and a zero chunk's bytes read as
+ * zeros there without being fetched. */
 void *blob_chunk_ptr(struct blob *b, uint64_t idx);
+/* Memory backing only: give the memory back (every fetched chunk becomes
+ * absent again and would be fetched anew).  For a server whose clients all
+ * have the whole image: it need not hold a second copy.  -EBUSY while
+ * fetches are in flight. */
+int blob_drop_memory(struct blob *b);
 
 /* Background hydration: queue every chunk not yet present at PRIO_BACKGROUND,
  * those listed in `first` (may be NULL) before the rest, the rest in address

@@ -37,6 +37,8 @@ struct store_op {
 	uint64_t len;        /* GET: bytes wanted; PUT: bytes to store */
 	void *buf;           /* GET: destination, len bytes; PUT: source */
 	char if_match[STORE_ETAG_MAX]; /* GET: "" or the ETag the object must have */
+	int urgent;          /* someone is blocked on this (a demand fault): it goes
+	                        ahead of queued non-urgent ops, in submission order */
 
 	/* result, valid in done() */
 	int rc;              /* 0, or a negative errno (-ENOENT missing key/bucket,

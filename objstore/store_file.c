@@ -24,6 +24,7 @@ struct fstore {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	struct store_op *head, *tail;
+	struct store_op *urgent_tail; /* last urgent op in the queue, or NULL */
 	int stopping;
 	int nthreads;
 	pthread_t *threads;
@@ -206,6 +207,8 @@ static void *worker(void *arg)
 		fs->head = op->next;
 		if (!fs->head)
 			fs->tail = NULL;
+		if (fs->urgent_tail == op)
+			fs->urgent_tail = NULL;
 		pthread_mutex_unlock(&fs->mu);
 
 		op->attempts = 1;
@@ -231,11 +234,21 @@ static int f_submit(struct store *s, struct store_op *op)
 		pthread_mutex_unlock(&fs->mu);
 		return err_set(ECANCELED, "store is closing");
 	}
-	if (fs->tail)
-		fs->tail->next = op;
-	else
-		fs->head = op;
-	fs->tail = op;
+	if (op->urgent) {
+		/* After earlier urgent ops, ahead of everything else. */
+		struct store_op **pp = fs->urgent_tail ? &fs->urgent_tail->next : &fs->head;
+		op->next = *pp;
+		*pp = op;
+		if (!op->next)
+			fs->tail = op;
+		fs->urgent_tail = op;
+	} else {
+		if (fs->tail)
+			fs->tail->next = op;
+		else
+			fs->head = op;
+		fs->tail = op;
+	}
 	pthread_cond_signal(&fs->cv);
 	pthread_mutex_unlock(&fs->mu);
 	return 0;

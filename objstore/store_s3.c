@@ -137,6 +137,7 @@ struct s3 {
 	/* loop thread only */
 	int stopping;
 	struct req *ready, *ready_tail;
+	struct req *urgent_tail;         /* last urgent req in ready, or NULL */
 	struct req *timers;              /* sorted by wake_ns */
 	struct req *running;
 	int nrunning;
@@ -680,6 +681,16 @@ static int on_seek(void *arg, curl_off_t off, int origin)
 
 static void ready_push(struct s3 *x, struct req *r, int front)
 {
+	if (front == 2) {
+		/* Urgent (a demand fetch): after earlier urgent ones, before the rest. */
+		struct req **pp = x->urgent_tail ? &x->urgent_tail->next : &x->ready;
+		r->next = *pp;
+		*pp = r;
+		if (!r->next)
+			x->ready_tail = r;
+		x->urgent_tail = r;
+		return;
+	}
 	if (front) {
 		r->next = x->ready;
 		x->ready = r;
@@ -1598,6 +1609,8 @@ static void cancel_all(struct s3 *x)
 			x->ready = r->next;
 			if (!x->ready)
 				x->ready_tail = NULL;
+			if (x->urgent_tail == r)
+				x->urgent_tail = NULL;
 		} else {
 			pthread_mutex_lock(&x->mu);
 			if ((r = x->inbox)) {
@@ -1624,7 +1637,7 @@ static void *loop_main(void *arg)
 		pthread_mutex_unlock(&x->mu);
 		while (in) {
 			struct req *n = in->next;
-			ready_push(x, in, 0);
+			ready_push(x, in, in->op && in->op->urgent ? 2 : 0);
 			in = n;
 		}
 		if (stop)
@@ -1641,6 +1654,8 @@ static void *loop_main(void *arg)
 			x->ready = r->next;
 			if (!x->ready)
 				x->ready_tail = NULL;
+			if (x->urgent_tail == r)
+				x->urgent_tail = NULL;
 			start_req(x, r);
 		}
 

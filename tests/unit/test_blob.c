@@ -130,6 +130,13 @@ static void test_image_reads(struct store *s)
 	/* Zero chunks and repeats cost nothing extra: at most one GET per non-zero chunk. */
 	CHECK(st.fetches == st.nchunks - 2);
 	CHECK(blob_complete(b));
+	/* Dropping the memory makes every fetched chunk absent; reads fetch again, correctly. */
+	CHECK_RC(blob_drop_memory(b));
+	blob_get_stats(b, &st);
+	CHECK(st.chunks_present == st.chunks_zero && !blob_chunk_present(b, 0) && blob_chunk_present(b, 3));
+	CHECK(blob_read(b, buf, srclen, 0, PRIO_DEMAND) == (ssize_t)srclen && !memcmp(buf, src, srclen));
+	blob_get_stats(b, &st);
+	CHECK(st.fetches == 2 * (st.nchunks - 2));
 	free(buf);
 	blob_close(b);
 }
@@ -219,6 +226,14 @@ static void test_corrupt_chunk(struct store *s)
 	n = blob_read(b, buf, sizeof buf, CS, PRIO_DEMAND);
 	CHECK(n < 0 && strstr(err_msg(), "chunk 1"));
 	CHECK(rename(moved, path) == 0);
+	/* A background request does not retry a failed chunk; a demand request does. */
+	blob_request(b, 1, PRIO_BACKGROUND);
+	usleep(50000);
+	CHECK(!blob_chunk_present(b, 1));
+	blob_request(b, 1, PRIO_DEMAND);
+	for (int i = 0; i < 200 && !blob_chunk_present(b, 1); i++)
+		usleep(5000);
+	CHECK(blob_chunk_present(b, 1));
 	CHECK(blob_read(b, buf, sizeof buf, CS, PRIO_DEMAND) == sizeof buf);
 	blob_close(b);
 }
