@@ -365,3 +365,28 @@ int cmd_status(int argc, char **argv)
 		usleep(500 * 1000);
 	}
 }
+
+/* `thaw hydrate MOUNTPOINT [PATH...]`: `thaw status --hydrate` under its own
+ * name.  Not in the verb table yet (launcher/main.c); wire it with
+ * { "hydrate", cmd_hydrate, ... } and a declaration in cli.h. */
+int cmd_hydrate(int argc, char **argv)
+{
+	if (cli_wants_help(argc, argv)) {
+		printf("usage: thaw hydrate MOUNTPOINT [PATH...] [--json] [--once]\n\n"
+		       "Pull PATHs (files or directories, relative to the mount root; none = all)\n"
+		       "completely into the mount's cache in the background; reads still go first.\n"
+		       "Then shows `thaw status` (live on a terminal, until hydration is idle).\n");
+		return 0;
+	}
+	char **v = calloc((size_t)argc + 2, sizeof *v);
+	if (!v)
+		return fprintf(stderr, "thaw hydrate: out of memory\n"), 1;
+	v[0] = "status";
+	v[1] = "--hydrate";
+	for (int i = 1; i < argc; i++)
+		v[i + 1] = argv[i];
+	optind = 1;
+	int rc = cmd_status(argc + 1, v);
+	free(v);
+	return rc;
+}

@@ -31,13 +31,13 @@ head -c $((48 << 20)) /dev/urandom >"$T/src/b"
 "$THAW" push "$T/src/b" "file://$S/b.img" >/dev/null || fail "push"
 NB=48
 
-# Hydrate slowly (8 MiB/s) so the crash lands in the middle of b.img.
-"$THAW" mount "file://$S/" "$M" --cache "$C" --hydrate --hydrate-rate 8M --hydrate-jobs 2 || fail "mount"
+# Hydrate slowly (6 MiB/s) so the crash lands in the middle of b.img.
+"$THAW" mount "file://$S/" "$M" --cache "$C" --hydrate --hydrate-rate 6M --hydrate-jobs 2 || fail "mount"
 cat "$M/a-plain.bin" >/dev/null # makes the kernel look the files up, so status lists them
 stat "$M/b.img" >/dev/null
 wait_until 60 "[f for f in s['files'] if f['path']=='b.img'][0]['chunks_present'] >= 8"
 before=$(file_field b.img chunks_present)
-sleep 1 # the cache records a chunk within ~200 ms of its arrival (after fdatasync)
+sleep 2 # the cache records a chunk within ~200 ms of its arrival (after fdatasync)
 pid=$(py "s['pid']")
 kill -9 "$pid"
 i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
@@ -50,7 +50,7 @@ fusermount3 -u -z "$M" || fail "fusermount3 -u -z of the dead mount"
 stat "$M/b.img" "$M/a-plain.bin" >/dev/null
 hits=$(file_field b.img cache_hits_at_open)
 note "remount: b.img has $hits chunks from the cache"
-[ "$hits" -ge "$before" ] || fail "only $hits chunks survived the crash, $before were present 1 s before it"
+[ "$hits" -ge "$before" ] || fail "only $hits chunks survived the crash, $before were present 2 s before it"
 [ "$hits" -lt $NB ] || fail "all $NB chunks claim to be cached after a crash mid-hydration"
 [ "$(file_field a-plain.bin cache_hits_at_open)" = 16 ] || fail "a-plain.bin (hydrated before the crash) lost chunks"
 [ "$(file_field b.img fetches)" = 0 ] || fail "opening b.img fetched chunks"
