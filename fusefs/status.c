@@ -98,14 +98,6 @@ static void eta_text(double eta, char *buf, size_t n)
 		snprintf(buf, n, "%dh%02d", (int)(eta / 3600), ((int)eta % 3600) / 60);
 }
 
-int status_idle(struct thawfs *fs)
-{
-	uint64_t q = 0, cur = 0, done = 0, failed = 0;
-	if (fs->hy)
-		hydrator_state(fs->hy, &q, &cur, &done, &failed);
-	return !q && !cur;
-}
-
 void status_write(struct thawfs *fs, FILE *o, int json, int width)
 {
 	struct store_stats *ss = &fs->s->stats;

@@ -10,6 +10,5 @@
  * first line, "# idle 0|1", tells a live client whether hydration is still
  * going on. */
 void status_write(struct thawfs *fs, FILE *out, int json, int width);
-int status_idle(struct thawfs *fs);
 
 #endif
