@@ -270,7 +270,6 @@ static int check_data_fd(struct tfile *f, uint64_t off, size_t len)
 
 void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size, uint64_t off)
 {
-	(void)fs;
 	struct tfile *f = h->n->f; /* pinned by the handle: blob and overlay stay */
 	struct blob *b = f->b;
 	uint64_t fsize = blob_size(b);
@@ -298,7 +297,7 @@ void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size
 				blob_request(b, i, PRIO_READAHEAD);
 
 	int rc = 0;
-	if (!mixed && f->data_fd >= 0 && __atomic_load_n(&f->fd_checked, __ATOMIC_ACQUIRE) >= 0) {
+	if (!mixed && f->data_fd >= 0 && size <= fs->splice_max && __atomic_load_n(&f->fd_checked, __ATOMIC_ACQUIRE) >= 0) {
 		for (uint64_t i = first; rc == 0 && i <= last; i++)
 			rc = blob_ensure(b, i, PRIO_DEMAND);
 		if (rc == 0 && !__atomic_load_n(&f->fd_checked, __ATOMIC_ACQUIRE)) {

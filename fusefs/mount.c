@@ -204,6 +204,32 @@ static void raise_kernel_readahead(const char *mnt, unsigned kb)
 		log_debug("kernel readahead for %s set to %u KiB", mnt, kb);
 }
 
+/* libfuse splices a reply through a per-thread pipe that must hold all of
+ * it; without CAP_SYS_RESOURCE a pipe stops at fs.pipe-max-size (1 MiB by
+ * default), and then libfuse quietly copies instead - through a fresh buffer
+ * per reply, worse than our own copy.  So find the largest reply that can
+ * really be spliced, and copy anything bigger ourselves. */
+static size_t splice_limit(void)
+{
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return 0;
+	long want = 4l << 20, got = fcntl(p[0], F_SETPIPE_SZ, want);
+	if (got < want) {
+		FILE *f = fopen("/proc/sys/fs/pipe-max-size", "r");
+		got = 0;
+		if (f) {
+			if (fscanf(f, "%ld", &got) != 1)
+				got = 0;
+			fclose(f);
+		}
+	}
+	close(p[0]);
+	close(p[1]);
+	/* Room for the reply header (and libfuse rounds to pages). */
+	return got > 8192 ? (size_t)got - 4096 : 0;
+}
+
 static void report(int *ready_fd, const char *what)
 {
 	if (*ready_fd < 0)
@@ -256,6 +282,17 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 	}
 	const char *nosplice = getenv("THAW_FUSE_SPLICE");
 	fs->splice = !(nosplice && !strcmp(nosplice, "0"));
+	fs->splice_max = splice_limit();
+	/* Reads as large as can still be spliced (the kernel asks for up to
+	 * max_read at a time): 1 MiB when pipes may grow, else 512 KiB, which
+	 * measured faster here than 1 MiB copied (1.3-1.5 vs 1.2 GB/s from the
+	 * cache, and less CPU when cold). */
+	fs->max_read = 1u << 20;
+	while (fs->splice && fs->max_read > (128u << 10) && fs->max_read > fs->splice_max)
+		fs->max_read /= 2;
+	const char *mr = getenv("THAW_FUSE_MAX_READ");
+	if (mr && atoi(mr) >= 4096 && atoi(mr) <= (1 << 20))
+		fs->max_read = (unsigned)atoi(mr);
 	snprintf(fs->url_text, sizeof fs->url_text, "%s", o->url);
 
 	sigset_t sigs, old;
@@ -308,7 +345,7 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		char fsname[4300], opt[4600];
 		fsname_of(o->url, fsname, sizeof fsname);
 		snprintf(opt, sizeof opt, "fsname=%s,subtype=thaw,default_permissions,max_read=%u%s%s", fsname,
-			 1u << 20, o->rw ? "" : ",ro", o->allow_other ? ",allow_other" : "");
+			 fs->max_read, o->rw ? "" : ",ro", o->allow_other ? ",allow_other" : "");
 		if (fuse_opt_add_arg(&args, "thaw") || fuse_opt_add_arg(&args, "-o") || fuse_opt_add_arg(&args, opt) ||
 		    (o->debug && fuse_opt_add_arg(&args, "-d")))
 			rc = err_set(ENOMEM, "out of memory");

@@ -62,7 +62,7 @@ static struct tnode *node_or_reply(fuse_req_t req, fuse_ino_t ino)
 static void tl_init(void *userdata, struct fuse_conn_info *conn)
 {
 	struct thawfs *fs = userdata;
-	conn->max_read = BLKSIZE;
+	conn->max_read = fs->max_read;
 	conn->max_write = BLKSIZE;
 	/* More of the kernel's readahead requests in flight at once. */
 	conn->max_background = 64;
