@@ -19,13 +19,13 @@ LOG() { cat "$XDG_RUNTIME_DIR"/thaw/*.log; }
 
 py() { "$THAW" status "$M" --json | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
 file_field() { py "[f for f in s['files'] if f['path']=='$1'][0]['$2']"; }
-# read_at FILE MIB: read 1 MiB at MiB offset MIB with O_DIRECT (past the page
-# cache, to the daemon); prints the bytes' md5 or "EIO".
+# read_at FILE MIB: read 512 KiB at MiB offset MIB with O_DIRECT (past the page
+# cache, to the daemon, in one request); prints the bytes' md5 or "EIO".
 read_at() {
-	out=$(timeout -k 5 30 dd if="$1" iflag=direct bs=1M skip="$2" count=1 status=none 2>&1 >"$T/rd") && { md5sum <"$T/rd" | cut -c1-32; return; }
+	out=$(timeout -k 5 30 dd if="$1" iflag=direct bs=512K skip=$(($2 * 2)) count=1 status=none 2>&1 >"$T/rd") && { md5sum <"$T/rd" | cut -c1-32; return; }
 	case $out in *"Input/output error"*) echo EIO ;; *) echo "OTHER: $out" ;; esac
 }
-md5_at() { dd if="$1" bs=1M skip="$2" count=1 status=none | md5sum | cut -c1-32; }
+md5_at() { dd if="$1" bs=512K skip=$(($2 * 2)) count=1 status=none | md5sum | cut -c1-32; }
 # The chunk object under .thaw/chunks/ that holds 1 MiB block $2 of source $1.
 chunk_of() {
 	dd if="$1" bs=1M skip="$2" count=1 status=none >"$T/want"
