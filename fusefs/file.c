@@ -69,30 +69,12 @@ void file_note_error(struct tnode *n, const char *what, const char *msg)
 		log_error("%s %s: %s%s", what, n->key, msg, quiet ? " (and earlier errors not logged)" : "");
 }
 
-/* The cache's data file, so reads can be spliced from it.  blob.h does not
- * hand it out yet, so derive its path the way cache.c names it
- * (<root>/<xxh64(location+key)>-<xxh64(etag)>/data) and check that it looks
- * right; file_read also compares bytes once before trusting it.  Any doubt
- * means no splice, never wrong bytes. */
-static int open_cache_data(struct thawfs *fs, struct store *s, const char *key, struct blob *b)
+/* The cache's data file, so reads can be spliced from it (a dup: the blob
+ * owns its own descriptor).  No file, no splice: reads are copied. */
+static int open_cache_data(struct blob *b)
 {
-	char loc[8192];
-	url_format(&s->url, loc, sizeof loc);
-	size_t l = strlen(loc);
-	snprintf(loc + l, sizeof loc - l, "%s", key);
-	const char *etag = blob_etag(b);
-	char p[4400];
-	snprintf(p, sizeof p, "%s/%016llx-%016llx/data", fs->cache_root,
-		 (unsigned long long)XXH3_64bits(loc, strlen(loc)), (unsigned long long)XXH3_64bits(etag, strlen(etag)));
-	int fd = open(p, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	if (fd >= 0 && (fstat(fd, &st) < 0 || (uint64_t)st.st_size != blob_size(b))) {
-		close(fd);
-		fd = -1;
-	}
-	if (fd < 0)
-		log_debug("no cache data file for %s at %s; reads are copied", key, p);
-	return fd;
+	int fd = blob_cache_fd(b);
+	return fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
 }
 
 /* Open the blob (and overlay) of n.  Called with f->mu held. */
@@ -120,7 +102,7 @@ static int open_blob(struct thawfs *fs, struct tnode *n, struct tfile *f)
 	f->b = b;
 	__atomic_store_n(&f->size, blob_size(b), __ATOMIC_RELAXED);
 	f->size_known = 1;
-	f->data_fd = fs->splice && blob_size(b) ? open_cache_data(fs, s, key, b) : -1;
+	f->data_fd = fs->splice && blob_size(b) ? open_cache_data(b) : -1;
 	f->fd_checked = 0;
 	f->rate_t_ns = now_ns();
 	f->rate_bytes = f->fetched_before;

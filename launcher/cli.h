@@ -14,6 +14,7 @@ int cmd_demo(int argc, char **argv);
 int cmd_uffd_serve(int argc, char **argv);
 int cmd_mount(int argc, char **argv);
 int cmd_status(int argc, char **argv);
+int cmd_hydrate(int argc, char **argv);
 
 /* Print "thaw <verb>: <message>" for the error on this thread; returns 1. */
 int cli_fail(const char *verb);

@@ -366,9 +366,7 @@ int cmd_status(int argc, char **argv)
 	}
 }
 
-/* `thaw hydrate MOUNTPOINT [PATH...]`: `thaw status --hydrate` under its own
- * name.  Not in the verb table yet (launcher/main.c); wire it with
- * { "hydrate", cmd_hydrate, ... } and a declaration in cli.h. */
+/* `thaw hydrate MOUNTPOINT [PATH...]`: `thaw status --hydrate` under its own name. */
 int cmd_hydrate(int argc, char **argv)
 {
 	if (cli_wants_help(argc, argv)) {

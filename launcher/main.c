@@ -19,6 +19,7 @@ static const struct {
 	{ "stat", cmd_stat, "describe an image or object" },
 	{ "mount", cmd_mount, "serve a store location as a lazy FUSE filesystem" },
 	{ "status", cmd_status, "what a mount holds locally, fetch rates, hydration progress" },
+	{ "hydrate", cmd_hydrate, "pull files of a mount completely into its cache in the background" },
 	{ "uffd-serve", cmd_uffd_serve, "serve a VM's memory on demand over Firecracker's UFFD handshake" },
 	{ "demo", cmd_demo, "resume a memory image lazily and compare with stop-and-copy" },
 };

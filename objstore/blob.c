@@ -549,6 +549,11 @@ int blob_hydrate_wait(struct blob *b, uint64_t timeout_ms)
 	return rc;
 }
 
+int blob_cache_fd(const struct blob *b)
+{
+	return b->cache ? cache_data_fd(b->cache) : -1;
+}
+
 void blob_set_listener(struct blob *b, blob_listener fn, void *arg)
 {
 	pthread_mutex_lock(&b->mu);

@@ -100,6 +100,10 @@ int blob_hydrate_wait(struct blob *b, uint64_t timeout_ms);
 int blob_complete(const struct blob *b);
 
 void blob_set_listener(struct blob *b, blob_listener fn, void *arg);
+/* Persistent-cache backing only: the cache's data file, where a present chunk's
+ * bytes sit at their object offsets (for splice).  -1 for memory backing.
+ * Owned by the blob: dup() it to keep it past blob_close. */
+int blob_cache_fd(const struct blob *b);
 void blob_get_stats(struct blob *b, struct blob_stats *st);
 
 #endif

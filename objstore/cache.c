@@ -120,7 +120,10 @@ int cache_open(const char *root, struct store *s, const char *key, const char *e
 	if (fresh) {
 		if (n > 0)
 			log_warn("cache %s: map from another thaw version or damaged; rebuilding it", c->dir);
+		/* Allocate the map's blocks now: when the data file later fills the
+		 * disk, the map must still take every entry, or nothing is recorded. */
 		if (ftruncate(c->map_fd, 0) < 0 || ftruncate(c->map_fd, (off_t)(MAP_HDR + 8 * c->n)) < 0 ||
+		    posix_fallocate(c->map_fd, 0, (off_t)(MAP_HDR + 8 * c->n)) != 0 ||
 		    pwrite(c->map_fd, want, MAP_HDR, 0) != MAP_HDR) {
 			rc = err_set(errno, "write cache map %s: %s", p, strerror(errno));
 			goto fail;
@@ -274,6 +277,7 @@ int cache_read(struct cache *c, void *buf, size_t len, uint64_t off)
 }
 
 const char *cache_dir(const struct cache *c) { return c->dir; }
+int cache_data_fd(const struct cache *c) { return c->data_fd; }
 
 void cache_close(struct cache *c)
 {

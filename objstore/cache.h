@@ -33,6 +33,8 @@ int cache_read(struct cache *c, void *buf, size_t len, uint64_t off);
 /* Make every committed chunk durable and recorded now. */
 int cache_flush(struct cache *c);
 const char *cache_dir(const struct cache *c);
+/* The data file (bytes at their object offsets), for splicing reads from it. */
+int cache_data_fd(const struct cache *c);
 void cache_close(struct cache *c);
 
 #endif
