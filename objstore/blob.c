@@ -33,6 +33,7 @@ struct fetch {
 	struct store_op op;
 	struct blob *b;
 	uint64_t idx;
+	uint64_t count; /* chunks idx..idx+count-1, one ranged GET (plain objects) */
 	int prio;
 	int tries;    /* verification attempts so far */
 	uint8_t *buf; /* malloc'd for a cache backing; points into mem otherwise */
@@ -83,6 +84,7 @@ void blob_opts_default(struct blob_opts *o)
 	memset(o, 0, sizeof *o);
 	o->jobs = 16;
 	o->plain_chunk_size = 1u << 20;
+	o->coalesce = 8;
 }
 
 static int fifo_push(struct fifo *f, uint64_t v)
@@ -145,6 +147,12 @@ int blob_drop_memory(struct blob *b)
 	if (!b->mem)
 		return 0;
 	pthread_mutex_lock(&b->mu);
+	/* A fetch that already published its chunk may still be finishing (its
+	 * listener call); that takes microseconds, so wait for it. */
+	struct timespec dl = deadline_after_ms(5000);
+	while (!b->inflight && b->completing &&
+	       pthread_cond_timedwait(&b->cv, &b->mu, &dl) != ETIMEDOUT)
+		;
 	if (b->inflight || b->completing) {
 		pthread_mutex_unlock(&b->mu);
 		return err_set(EBUSY, "%s: fetches in flight; memory not dropped", b->key);
@@ -163,15 +171,16 @@ int blob_drop_memory(struct blob *b)
 
 static void fetch_done(struct store_op *op);
 
-static int start_fetch(struct blob *b, uint64_t idx, int prio)
+static int start_fetch(struct blob *b, uint64_t idx, uint64_t count, int prio)
 {
 	struct fetch *f = calloc(1, sizeof *f);
 	if (!f)
 		return -ENOMEM;
 	f->b = b;
 	f->idx = idx;
+	f->count = count;
 	f->prio = prio;
-	uint64_t len = blob_chunk_len(b, idx);
+	uint64_t len = ((count - 1) << b->shift) + blob_chunk_len(b, idx + count - 1);
 	if (b->mem) {
 		f->buf = b->mem + (idx << b->shift);
 	} else {
@@ -196,7 +205,8 @@ static int start_fetch(struct blob *b, uint64_t idx, int prio)
 	op->done = fetch_done;
 	op->arg = f;
 	op->urgent = prio == PRIO_DEMAND;
-	b->state[idx] = C_INFLIGHT;
+	for (uint64_t k = 0; k < count; k++)
+		b->state[idx + k] = C_INFLIGHT;
 	b->inflight++;
 	if (prio == PRIO_BACKGROUND) {
 		b->inflight_bg++;
@@ -205,7 +215,8 @@ static int start_fetch(struct blob *b, uint64_t idx, int prio)
 	b->fetches++;
 	int rc = store_submit(b->s, op);
 	if (rc < 0) {
-		b->state[idx] = C_FAILED;
+		for (uint64_t k = 0; k < count; k++)
+			b->state[idx + k] = C_FAILED;
 		b->inflight--;
 		if (prio == PRIO_BACKGROUND)
 			b->inflight_bg--;
@@ -269,8 +280,8 @@ static void fetch_done(struct store_op *op)
 			snprintf(why, sizeof why, "%s", err_msg());
 		}
 	}
-	if (rc == 0 && b->cache) {
-		rc = cache_commit(b->cache, f->idx, f->buf, op->len);
+	for (uint64_t k = 0; rc == 0 && b->cache && k < f->count; k++) {
+		rc = cache_commit(b->cache, f->idx + k, f->buf + (k << b->shift), blob_chunk_len(b, f->idx + k));
 		if (rc < 0)
 			snprintf(why, sizeof why, "%s", err_msg());
 	}
@@ -283,11 +294,13 @@ static void fetch_done(struct store_op *op)
 	if (f->prio == PRIO_BACKGROUND)
 		b->inflight_bg--;
 	if (rc == 0) {
-		__atomic_store_n(&b->state[f->idx], C_PRESENT, __ATOMIC_RELEASE);
-		b->present++;
+		for (uint64_t k = 0; k < f->count; k++)
+			__atomic_store_n(&b->state[f->idx + k], C_PRESENT, __ATOMIC_RELEASE);
+		b->present += f->count;
 		b->bytes_fetched += op->len;
 	} else {
-		b->state[f->idx] = C_FAILED;
+		for (uint64_t k = 0; k < f->count; k++)
+			b->state[f->idx + k] = C_FAILED;
 		b->fetch_failures++;
 		snprintf(b->last_err, sizeof b->last_err, "chunk %llu of %s: %s", (unsigned long long)f->idx, b->key,
 			 why);
@@ -301,14 +314,14 @@ static void fetch_done(struct store_op *op)
 	int own_buf = !b->mem;
 	b->completing++; /* keeps blob_close waiting until we are out */
 	pthread_mutex_unlock(&b->mu);
-	if (fn)
-		fn(arg, f->idx, rc);
+	for (uint64_t k = 0; fn && k < f->count; k++)
+		fn(arg, f->idx + k, rc);
 	if (own_buf)
 		free(f->buf);
 	free(f);
 	pthread_mutex_lock(&b->mu);
-	if (--b->completing == 0 && b->closing)
-		pthread_cond_broadcast(&b->cv);
+	if (--b->completing == 0)
+		pthread_cond_broadcast(&b->cv); /* blob_close, blob_drop_memory */
 	pthread_mutex_unlock(&b->mu);
 }
 
@@ -360,7 +373,25 @@ static void dispatch(struct blob *b)
 			prio = PRIO_BACKGROUND;
 		if (prio < 0)
 			return;
-		if (start_fetch(b, idx, prio) < 0) {
+		uint64_t count = 1;
+		if (!b->image && prio != PRIO_DEMAND) {
+			/* Plain objects: adjacent chunks waiting at the same priority go
+			 * in one ranged GET (a request costs milliseconds on most servers,
+			 * whatever its size).  Demand fetches stay one chunk: short. */
+			uint64_t max = (uint64_t)b->o.coalesce;
+			while (count < max && idx + count < b->n) {
+				uint64_t j = idx + count;
+				if (b->state[j] == C_QUEUED && b->qprio[j] == prio)
+					;
+				else if (prio == PRIO_BACKGROUND && b->hydrating && b->state[j] == C_ABSENT &&
+					 b->first_pos >= b->nfirst && b->cursor == j)
+					b->cursor++;
+				else
+					break;
+				count++;
+			}
+		}
+		if (start_fetch(b, idx, count, prio) < 0) {
 			pthread_cond_broadcast(&b->cv);
 			log_error("%s", b->last_err);
 		}
@@ -626,6 +657,8 @@ int blob_open(struct store *s, const char *key, const struct blob_opts *opts, st
 		b->o.bg_jobs = b->o.jobs > 2 ? b->o.jobs - 2 : 1;
 	if (!b->o.plain_chunk_size)
 		b->o.plain_chunk_size = 1u << 20;
+	if (b->o.coalesce < 1)
+		b->o.coalesce = 1;
 	snprintf(b->key, sizeof b->key, "%s", key);
 	pthread_mutex_init(&b->mu, NULL);
 	pthread_cond_init(&b->cv, NULL);

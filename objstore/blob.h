@@ -34,6 +34,8 @@ struct blob_opts {
 	int writable;             /* allow blob_write (copy-on-write into the cache) */
 	uint64_t bg_bytes_per_sec;/* cap for background fetches; 0 = none */
 	int bg_jobs;              /* background fetches in flight (default: jobs) */
+	int coalesce;             /* plain objects: up to this many adjacent readahead or
+	                             background chunks per ranged GET (default 8; 1 = off) */
 };
 
 struct blob_stats {
