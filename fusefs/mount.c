@@ -24,6 +24,14 @@
 #include "file.h"
 #include "hydrator.h"
 #include "status.h"
+#include "../common/fsutil.h"
+
+/* fsu_mkdir_p with the message the user sees. */
+static int mkdir_p_named(const char *path)
+{
+	int rc = fsu_mkdir_p(path, 0700);
+	return rc < 0 ? err_set(-rc, "create %s: %s", path, strerror(-rc)) : 0;
+}
 
 void fusefs_opts_default(struct fusefs_opts *o)
 {
@@ -35,26 +43,6 @@ void fusefs_opts_default(struct fusefs_opts *o)
 	o->readahead_max = 64u << 20;
 	o->chunk_size = 1u << 20;
 	o->kernel_readahead_kb = 1024;
-}
-
-static int mkdir_p(const char *path)
-{
-	char p[4096];
-	snprintf(p, sizeof p, "%s", path);
-	for (char *s = p + 1; *s; s++) {
-		if (*s != '/')
-			continue;
-		*s = 0;
-		if (mkdir(p, 0700) < 0 && errno != EEXIST)
-			return err_set(errno, "create %s: %s", p, strerror(errno));
-		*s = '/';
-	}
-	if (mkdir(p, 0700) < 0 && errno != EEXIST)
-		return err_set(errno, "create %s: %s", p, strerror(errno));
-	struct stat st;
-	if (stat(p, &st) < 0 || !S_ISDIR(st.st_mode))
-		return err_set(ENOTDIR, "%s is not a directory", p);
-	return 0;
 }
 
 /* The mount shows a prefix.  For file:// the store is rooted at that
@@ -314,7 +302,7 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 	if (rc == 0) {
 		snprintf(fs->cache_root, sizeof fs->cache_root, "%s", o->cache_dir);
 		snprintf(fs->overlay_root, sizeof fs->overlay_root, "%s/overlay", fs->cache_root);
-		rc = mkdir_p(fs->cache_root);
+		rc = mkdir_p_named(fs->cache_root);
 		if (rc < 0)
 			rc = err_wrap(rc, "cache directory");
 	}

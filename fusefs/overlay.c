@@ -16,6 +16,7 @@
 #include "../common/err.h"
 #include "../common/log.h"
 #include "overlay.h"
+#include "../common/fsutil.h"
 
 #define OV_MAGIC "THAWOVL\0"
 #define OV_VERSION 1
@@ -33,21 +34,6 @@ struct overlay {
 	int data_unsynced;    /* writes since the last fdatasync */
 };
 
-static int mkdir_p(const char *path)
-{
-	char p[4200];
-	snprintf(p, sizeof p, "%s", path);
-	for (char *s = p + 1; *s; s++) {
-		if (*s != '/')
-			continue;
-		*s = 0;
-		if (mkdir(p, 0700) < 0 && errno != EEXIST)
-			return -errno;
-		*s = '/';
-	}
-	return mkdir(p, 0700) < 0 && errno != EEXIST ? -errno : 0;
-}
-
 static void make_header(const struct overlay *o, const char *loc, const char *etag, uint8_t *h)
 {
 	memset(h, 0, OV_HDR);
@@ -62,41 +48,13 @@ static void make_header(const struct overlay *o, const char *loc, const char *et
 	memcpy(h + OV_HDR - 8, &sum, 8);
 }
 
-static int pread_full(int fd, void *buf, size_t len, uint64_t off)
-{
-	size_t got = 0;
-	while (got < len) {
-		ssize_t n = pread(fd, (char *)buf + got, len - got, (off_t)(off + got));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -EIO;
-		got += (size_t)n;
-	}
-	return 0;
-}
-
-static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
-{
-	size_t done = 0;
-	while (done < len) {
-		ssize_t n = pwrite(fd, (const char *)buf + done, len - done, (off_t)(off + done));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		done += (size_t)n;
-	}
-	return 0;
-}
-
 /* Check an existing map against what we expect; fills o->dirty. */
 static int load_map(struct overlay *o, const uint8_t *want, const char *etag)
 {
 	uint8_t *have = malloc(OV_HDR);
 	if (!have)
 		return err_set(ENOMEM, "out of memory");
-	int rc = pread_full(o->map_fd, have, OV_HDR, 0);
+	int rc = fsu_pread_full(o->map_fd, have, OV_HDR, 0);
 	struct stat st;
 	if (rc < 0 || fstat(o->map_fd, &st) < 0) {
 		free(have);
@@ -120,7 +78,7 @@ static int load_map(struct overlay *o, const uint8_t *want, const char *etag)
 	if ((uint64_t)st.st_size != OV_HDR + o->n)
 		return err_set(EIO, "overlay map %s/map has %lld bytes, expected %llu; refusing it", o->dir,
 			       (long long)st.st_size, (unsigned long long)(OV_HDR + o->n));
-	if (o->n && pread_full(o->map_fd, o->dirty, o->n, OV_HDR) < 0)
+	if (o->n && fsu_pread_full(o->map_fd, o->dirty, o->n, OV_HDR) < 0)
 		return err_set(EIO, "read overlay map %s/map: %s", o->dir, strerror(errno));
 	for (uint64_t i = 0; i < o->n; i++) {
 		if (o->dirty[i] > 1)
@@ -158,7 +116,7 @@ int overlay_open(const char *root, const char *loc, const char *base_etag, uint6
 		overlay_close(o);
 		return 0; /* nothing was ever written to this file */
 	}
-	if (rc == 0 && (rc = mkdir_p(o->dir)) < 0)
+	if (rc == 0 && (rc = fsu_mkdir_p(o->dir, 0700)) < 0)
 		rc = err_set(-rc, "create overlay directory %s: %s", o->dir, strerror(-rc));
 	if (rc == 0) {
 		make_header(o, loc, base_etag, want);
@@ -197,8 +155,8 @@ int overlay_open(const char *root, const char *loc, const char *base_etag, uint6
 		/* Header and an all-clean map, durable before any chunk can be recorded. */
 		memset(o->dirty, 0, o->n);
 		uint8_t *zero = calloc(o->n ? o->n : 1, 1);
-		if (!zero || ftruncate(o->map_fd, 0) < 0 || pwrite_full(o->map_fd, want, OV_HDR, 0) < 0 ||
-		    pwrite_full(o->map_fd, zero, o->n, OV_HDR) < 0 || fdatasync(o->map_fd) < 0)
+		if (!zero || ftruncate(o->map_fd, 0) < 0 || fsu_pwrite_full(o->map_fd, want, OV_HDR, 0) < 0 ||
+		    fsu_pwrite_full(o->map_fd, zero, o->n, OV_HDR) < 0 || fdatasync(o->map_fd) < 0)
 			rc = err_set(errno ? errno : ENOMEM, "write overlay map %s/map: %s", o->dir, strerror(errno));
 		free(zero);
 	}
@@ -223,13 +181,13 @@ const char *overlay_dir(const struct overlay *o) { return o->dir; }
 
 int overlay_read(struct overlay *o, void *buf, size_t len, uint64_t off)
 {
-	int rc = pread_full(o->data_fd, buf, len, off);
+	int rc = fsu_pread_full(o->data_fd, buf, len, off);
 	return rc < 0 ? err_set(-rc, "read overlay data in %s: %s", o->dir, strerror(-rc)) : 0;
 }
 
 int overlay_write(struct overlay *o, const void *buf, size_t len, uint64_t off)
 {
-	int rc = pwrite_full(o->data_fd, buf, len, off);
+	int rc = fsu_pwrite_full(o->data_fd, buf, len, off);
 	if (rc < 0)
 		return err_set(-rc, "write overlay data in %s: %s%s", o->dir, strerror(-rc),
 			       rc == -ENOSPC ? " (cache disk full)" : "");

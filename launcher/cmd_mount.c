@@ -21,6 +21,14 @@
 #include "../common/log.h"
 #include "../fusefs/fusefs.h"
 #include "cli.h"
+#include "../common/fsutil.h"
+
+/* fsu_mkdir_p with the message the user sees. */
+static int mkdir_p_named(const char *path)
+{
+	int rc = fsu_mkdir_p(path, 0700);
+	return rc < 0 ? err_set(-rc, "create %s: %s", path, strerror(-rc)) : 0;
+}
 
 #define READY_TIMEOUT_MS (300 * 1000) /* listing a big prefix can take a while */
 
@@ -70,23 +78,6 @@ static int default_cache(char *out, size_t n)
 		snprintf(out, n, "%s/.cache/thaw", home);
 	else
 		return err_set(EINVAL, "no --cache given and neither XDG_CACHE_HOME nor HOME is set");
-	return 0;
-}
-
-static int mkdir_p(const char *path)
-{
-	char p[4096];
-	snprintf(p, sizeof p, "%s", path);
-	for (char *s = p + 1; *s; s++) {
-		if (*s != '/')
-			continue;
-		*s = 0;
-		if (mkdir(p, 0700) < 0 && errno != EEXIST)
-			return err_set(errno, "create %s: %s", p, strerror(errno));
-		*s = '/';
-	}
-	if (mkdir(p, 0700) < 0 && errno != EEXIST)
-		return err_set(errno, "create %s: %s", p, strerror(errno));
 	return 0;
 }
 
@@ -198,7 +189,7 @@ int cmd_mount(int argc, char **argv)
 		return cli_fail("mount");
 	/* The daemon runs from /, so make every path absolute first. */
 	char cache_abs[4096];
-	if (mkdir_p(cache) < 0)
+	if (mkdir_p_named(cache) < 0)
 		return cli_fail("mount");
 	if (!realpath(cache, cache_abs)) {
 		fprintf(stderr, "thaw mount: cache directory %s: %s\n", cache, strerror(errno));

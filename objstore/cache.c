@@ -12,6 +12,7 @@
 #include "../common/log.h"
 #include "../common/timeutil.h"
 #include "cache.h"
+#include "../common/fsutil.h"
 
 #define MAP_MAGIC "THAWCMAP"
 #define MAP_VERSION 1
@@ -29,23 +30,6 @@ struct cache {
 	pthread_t flusher;
 	int flush_err;
 };
-
-static int mkdir_p(char *path)
-{
-	for (char *p = path + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = 0;
-		int rc = mkdir(path, 0700);
-		int e = errno;
-		*p = '/';
-		if (rc < 0 && e != EEXIST)
-			return -e;
-	}
-	if (mkdir(path, 0700) < 0 && errno != EEXIST)
-		return -errno;
-	return 0;
-}
 
 static void make_header(struct cache *c, const char *loc, const char *etag, uint8_t *h)
 {
@@ -94,7 +78,7 @@ int cache_open(const char *root, struct store *s, const char *key, const char *e
 	c->data_fd = c->map_fd = -1;
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_cond_init(&c->cv, NULL);
-	int rc = mkdir_p(c->dir);
+	int rc = fsu_mkdir_p(c->dir, 0700);
 	if (rc < 0) {
 		free(c);
 		return err_set(-rc, "cache directory %s: %s", root, strerror(-rc));
@@ -154,20 +138,6 @@ fail:
 	return rc;
 }
 
-static int read_full(int fd, void *buf, size_t len, uint64_t off)
-{
-	size_t got = 0;
-	while (got < len) {
-		ssize_t n = pread(fd, (char *)buf + got, len - got, (off_t)(off + got));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -EIO;
-		got += (size_t)n;
-	}
-	return 0;
-}
-
 int cache_load_present(struct cache *c, uint8_t *state, uint8_t present_value, const struct img_index *ix,
 		       uint64_t *hits)
 {
@@ -179,7 +149,7 @@ int cache_load_present(struct cache *c, uint8_t *state, uint8_t present_value, c
 		rc = err_set(ENOMEM, "out of memory reading cache map");
 		goto out;
 	}
-	if (c->n && read_full(c->map_fd, sums, c->n * 8, MAP_HDR) < 0) {
+	if (c->n && fsu_pread_full(c->map_fd, sums, c->n * 8, MAP_HDR) < 0) {
 		rc = err_set(EIO, "read cache map in %s", c->dir);
 		goto out;
 	}
@@ -188,7 +158,7 @@ int cache_load_present(struct cache *c, uint8_t *state, uint8_t present_value, c
 		if (!sums[i] || (ix && ix->map[i] == 0))
 			continue;
 		uint64_t len = c->size - i * c->cs < c->cs ? c->size - i * c->cs : c->cs;
-		if (read_full(c->data_fd, buf, len, i * c->cs) == 0 && XXH3_64bits(buf, len) == sums[i]) {
+		if (fsu_pread_full(c->data_fd, buf, len, i * c->cs) == 0 && XXH3_64bits(buf, len) == sums[i]) {
 			state[i] = present_value;
 			(*hits)++;
 			continue;
@@ -272,7 +242,7 @@ int cache_flush(struct cache *c)
 
 int cache_read(struct cache *c, void *buf, size_t len, uint64_t off)
 {
-	int rc = read_full(c->data_fd, buf, len, off);
+	int rc = fsu_pread_full(c->data_fd, buf, len, off);
 	return rc < 0 ? err_set(-rc, "read cache data in %s: %s", c->dir, strerror(-rc)) : 0;
 }
 

@@ -19,6 +19,7 @@
 
 #include "../common/timeutil.h"
 #include "store.h"
+#include "../common/fsutil.h"
 
 struct fstore {
 	pthread_mutex_t mu;
@@ -121,28 +122,12 @@ static void do_head(struct store *s, struct store_op *op)
 	op->mtime = st.st_mtim.tv_sec;
 }
 
-/* mkdir -p for the directories above path. */
-static int make_parents(char *path)
-{
-	for (char *p = path + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = 0;
-		int rc = mkdir(path, 0755);
-		int e = errno;
-		*p = '/';
-		if (rc < 0 && e != EEXIST)
-			return -e;
-	}
-	return 0;
-}
-
 static void do_put(struct store *s, struct store_op *op)
 {
 	struct fstore *fs = s->priv;
 	char path[8192], tmp[8400];
 	path_of(s, op->key, path, sizeof path);
-	int rc = make_parents(path);
+	int rc = fsu_mkdir_parents(path, 0755);
 	if (rc < 0) {
 		store_op_fail(op, rc, "create directories for %s: %s", path, strerror(-rc));
 		return;

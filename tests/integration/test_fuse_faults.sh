@@ -130,11 +130,19 @@ if mount -t tmpfs -o size=6m tmpfs "$T/small" 2>/dev/null; then
 	stat "$M/big.img" >/dev/null
 	hits=$(file_field big.img cache_hits_at_open)
 	note "after the cache disk filled, $hits chunks of big.img were recorded"
-	k=0; while [ $k -lt "$hits" ]; do
-		[ "$(read_at "$M/big.img" $k)" = "$(md5_at "$T/src/big" $k)" ] || fail "cached chunk $k of big.img wrong"
+	# The recorded chunks need not be the first ones (readahead commits out of
+	# order), so read every chunk: each read either fails (EIO: not cached and
+	# no room) or returns the right bytes, and at least the recorded ones succeed.
+	good=0; k=0
+	while [ $k -lt 16 ]; do
+		r=$(read_at "$M/big.img" $k)
+		if [ "$r" != EIO ]; then
+			[ "$r" = "$(md5_at "$T/src/big" $k)" ] || fail "chunk $k of big.img wrong after the cache filled: $r"
+			good=$((good + 1))
+		fi
 		k=$((k + 1))
 	done
-	[ "$(file_field big.img fetches)" = 0 ] || fail "reading cached chunks fetched $(file_field big.img fetches)"
+	[ $good -ge "$hits" ] || fail "only $good chunks readable, $hits recorded in the cache"
 	fusermount3 -u "$M"
 	# With room again, the same cache completes the file, fetching only what it lacks.
 	mount -o remount,size=64m "$T/small" || fail "cannot grow the tmpfs"
