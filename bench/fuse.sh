@@ -146,7 +146,8 @@ measure() { # TOOL -> res/TOOL: ttfb_ms seq_MBps warm_MBps rand_total_s p50_ms p
 	mount_tool "$tool" "$PROXY"
 	stat "$(file_of "$tool")" >/dev/null
 	proxy_clear
-	python3 "$ROOT/bench/fuse_random.py" "$(file_of "$tool")" "$T/big.bin" $(cat "$T/offsets") >"$T/rand.out" ||
+	FUSE_LAT_FILE="$T/res/$tool.lat" \
+		python3 "$ROOT/bench/fuse_random.py" "$(file_of "$tool")" "$T/big.bin" $(cat "$T/offsets") >"$T/rand.out" ||
 		die "$tool: random reads failed: $(cat "$T/rand.out")"
 	rmb=$(echo "$(proxy_bytes) / 1048576" | bc -l)
 	unmount_tool "$tool"
@@ -166,7 +167,8 @@ measure_curl() {
 	seq=$(echo "$MB / ($t1 - $t0)" | bc -l)
 	log "curl: $NRAND ranged 4 KiB GETs on one connection"
 	proxy_clear
-	python3 "$ROOT/bench/fuse_random.py" --http "$PROXY/bench/big.bin" "$T/big.bin" $(cat "$T/offsets") >"$T/rand.out" ||
+	FUSE_LAT_FILE="$T/res/curl.lat" \
+		python3 "$ROOT/bench/fuse_random.py" --http "$PROXY/bench/big.bin" "$T/big.bin" $(cat "$T/offsets") >"$T/rand.out" ||
 		die "curl: random GETs failed: $(cat "$T/rand.out")"
 	rmb=$(echo "$(proxy_bytes) / 1048576" | bc -l)
 	echo "$ttfb $seq - $(cat "$T/rand.out") $rmb" >"$T/res/curl"
@@ -186,3 +188,17 @@ t0=$(now); dd if="$T/big.bin" of=/dev/null bs=1M status=none; t1=$(now)
 local=$(echo "$MB / ($t1 - $t0)" | bc -l)
 
 python3 "$ROOT/bench/fuse_report.py" "$T/res" "$local" "$MB" "$NRAND" $WHO
+
+# The per-read latency distributions of the cold random reads, as a CDF.
+if command -v gnuplot >/dev/null; then
+	plot=""
+	for w in $WHO; do
+		[ -s "$T/res/$w.lat" ] || continue
+		sort -g "$T/res/$w.lat" | awk -v n="$(wc -l <"$T/res/$w.lat")" '{ print $1, NR / n }' >"$T/res/$w.cdf"
+		plot="$plot${plot:+, }'$T/res/$w.cdf' using 1:2 with lines lw 2 title '$w'"
+	done
+	gnuplot -e "set terminal png size 900,500; set output '$ROOT/bench/fuse-latency.png';
+		set logscale x; set xlabel 'latency of one cold 4 KiB read (ms)'; set ylabel 'fraction of reads';
+		set title '$NRAND random 4 KiB reads of a $MB MiB object in s3rver'; set key bottom right; set grid;
+		plot $plot" && echo "wrote bench/fuse-latency.png"
+fi

@@ -41,6 +41,10 @@ def main():
         if data != os.pread(src, 4096, off):
             sys.exit("wrong bytes at offset %d" % off)
     total = time.perf_counter() - t0
+    if os.environ.get("FUSE_LAT_FILE"):
+        # Per-read latencies in read order, for the distribution plot.
+        with open(os.environ["FUSE_LAT_FILE"], "w") as f:
+            f.write("".join("%.4f\n" % (x * 1000) for x in lat))
     lat.sort()
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
     print("%.3f %.2f %.2f" % (total, p(0.50), p(0.99)))
