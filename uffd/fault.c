@@ -521,7 +521,6 @@ static void wait_activity(struct session *s, struct loop *L)
 
 static void release(struct session *s)
 {
-	uint64_t t = now_ns();
 	pusher_stop(s);
 	for (size_t i = 0; i < s->next; i++) {
 		int rc = ufd_unregister(s->uffd, s->ext[i].va, s->ext[i].len);
@@ -533,7 +532,9 @@ static void release(struct session *s)
 	close(s->uffd);
 	s->uffd = -1;
 	s->released = 1;
-	metrics_set_time(&s->m->t_complete, t);
+	s->complete = 1;
+	metrics_set_time(&s->m->t_complete, now_ns()); /* normally mark_done stamped it already */
+	uint64_t t = __atomic_load_n(&s->m->t_complete, __ATOMIC_RELAXED);
 	snprintf(s->m->state, sizeof s->m->state, "complete");
 	double secs = (double)(t - s->m->t_handshake) / 1e9;
 	double mib = (double)s->m->bytes_total / 1048576.0;
@@ -712,7 +713,20 @@ static void teardown(struct session *s)
 {
 	pusher_stop(s);
 	if (s->uffd >= 0) {
-		uint64_t left = s->units_total - __atomic_load_n(&s->units_done, __ATOMIC_ACQUIRE);
+		uint64_t ud = __atomic_load_n(&s->units_done, __ATOMIC_ACQUIRE);
+		uint64_t left = ud >= s->units_total ? 0 : s->units_total - ud;
+		/* The client can read its last page and exit between that page
+		 * going in and this thread's next look at units_done (or while a
+		 * waiter for a page the pusher installed is still on the list):
+		 * the transfer was complete all the same.  Installs fail with
+		 * ESRCH once the client's mm is gone, so every unit counted here
+		 * was in place while the client lived. */
+		if (!left && s->m->t_handshake && !s->complete) {
+			s->complete = 1;
+			log_info("connection %d: transfer complete %.3f s after the handshake; the client left before "
+				 "the userfaultfd was released",
+				 s->id, (double)(s->m->t_complete - s->m->t_handshake) / 1e9);
+		}
 		if (!s->gone && left)
 			log_warn("connection %d: closing with %.1f MiB not yet installed; pid %d will block if it "
 				 "touches them",
@@ -723,7 +737,7 @@ static void teardown(struct session *s)
 	if (s->recording && !s->rec_saved && s->nrec)
 		record_save(s);
 	if (strcmp(s->m->state, "refused"))
-		snprintf(s->m->state, sizeof s->m->state, "%s", s->released ? "complete" : "ended");
+		snprintf(s->m->state, sizeof s->m->state, "%s", s->complete ? "complete" : "ended");
 	metrics_set_time(&s->m->t_end, now_ns());
 }
 

@@ -36,8 +36,12 @@ uint64_t mark_done(struct session *s, uint64_t lo, uint64_t hi)
 		u0 += n;
 	}
 	if (fresh) {
-		__atomic_fetch_add(&s->units_done, fresh, __ATOMIC_RELEASE);
+		uint64_t now_done = __atomic_add_fetch(&s->units_done, fresh, __ATOMIC_RELEASE);
 		metrics_add(&s->m->bytes_done, fresh * UNIT);
+		/* The client may read its last page and exit before the connection
+		 * thread sees this and releases: completion is this moment. */
+		if (now_done >= s->units_total && now_done - fresh < s->units_total)
+			metrics_set_time(&s->m->t_complete, now_ns());
 	}
 	return fresh;
 }

@@ -40,7 +40,7 @@ struct userver {
 	struct sess_metrics **all;
 	size_t nall, allcap;
 	int next_id, recorder_claimed, hydrating;
-	int exit_rc, exit_now;
+	int exit_rc, exit_now, exit_complete;
 	uint64_t t_start;
 	/* Every connection whose thread has not been joined yet. */
 	struct session *reap_list;
@@ -172,13 +172,19 @@ static void reap(struct userver *srv)
 		}
 		*pp = s->next_reap;
 		pthread_join(s->thread, NULL);
-		int completed = s->released;
+		int completed = s->complete;
 		int refused = !strcmp(s->m->state, "refused");
 		log_info("connection %d: closed (%s)", s->id,
 			 refused ? "handshake refused" : completed ? "transfer was complete" : "transfer incomplete");
-		if (srv->cfg.exit_when_done && !refused && !srv->exit_now && (completed || !srv->cfg.push)) {
+		/* --exit-when-done: the first client served is done once it has
+		 * gone, whatever became of its transfer; nothing is left to wait
+		 * for (waiting for a completed client instead hung the server for
+		 * good when that one left early).  The status tells the two apart;
+		 * with --no-push an incomplete transfer is the normal outcome. */
+		if (srv->cfg.exit_when_done && !refused && !srv->exit_now) {
 			srv->exit_now = 1;
-			srv->exit_rc = 0;
+			srv->exit_rc = completed || !srv->cfg.push ? 0 : 1;
+			srv->exit_complete = completed;
 		}
 		session_free(s);
 	}
@@ -493,7 +499,11 @@ int userver_run(struct userver *srv)
 		if (p[0].revents & POLLIN)
 			accept_one(srv);
 	}
-	log_info("--exit-when-done: the first client is done and gone; exiting");
+	if (srv->exit_complete)
+		log_info("--exit-when-done: the first client is done and gone; exiting");
+	else
+		log_info("--exit-when-done: the first client has gone before its transfer completed; exiting%s",
+			 srv->exit_rc ? " with status 1" : "");
 	return srv->exit_rc;
 }
 

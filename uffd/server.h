@@ -18,7 +18,7 @@ struct userver_config {
 	const char *prefetch_url;   /* where --prefetch reads the set (NULL: derived) */
 	int prefetch;
 	int push;                   /* install everything in the background (default 1) */
-	int exit_when_done;         /* return from userver_run once a completed client leaves */
+	int exit_when_done;         /* return from userver_run once the first client served leaves */
 	enum wait_mode wait;
 	unsigned spin_us;           /* WAIT_ADAPTIVE: spin this long after activity */
 	int jobs;                   /* blob fetches in flight */
@@ -38,9 +38,14 @@ struct userver;
  * SIGTERM and SIGUSR1 must already be blocked in every thread (userver_run
  * takes them through a signalfd).  0 or <0 + err_msg(). */
 int userver_open(const struct userver_config *c, struct userver **out);
-/* Serve until SIGINT/SIGTERM, or (exit_when_done) until the first client whose
- * transfer completed has gone.  SIGUSR1 writes the metrics file.  Returns 0,
- * or 1 if the exit_when_done client left before its transfer completed. */
+/* Serve until SIGINT/SIGTERM, or (exit_when_done) until the first client that
+ * completed a handshake has gone (its process exited, or it closed the socket
+ * when its pid cannot be watched), whether or not its transfer completed.  A
+ * transfer is complete when every page of its regions was installed, removed
+ * by the balloon, unmapped or poisoned, even if the client left before the
+ * userfaultfd was released.  SIGUSR1 writes the metrics file.  Returns 0, or
+ * 1 if (exit_when_done, pushing) that client left before its transfer
+ * completed. */
 int userver_run(struct userver *s);
 /* Stop every connection, write metrics, free everything. */
 void userver_close(struct userver *s);

@@ -85,6 +85,9 @@ struct session {
 	int recording, rec_saved;
 
 	int stop;                /* atomic: server shutting down */
+	int complete;            /* every page of the regions is done: set at release,
+	                            or at teardown when the client left before the
+	                            connection thread got round to releasing */
 	int released;            /* uffd closed after the transfer completed */
 	int gone;                /* client exited */
 	int finished;            /* atomic: thread done, ready to join */
@@ -118,7 +121,9 @@ int fill_zero_page(struct session *s, const struct extent *e, uint64_t off);
 void fill_zero_rest(struct session *s, const struct extent *e, uint64_t lo, uint64_t hi);
 /* Poison the not-done pages of [lo, hi); returns bytes poisoned or -errno. */
 int64_t fill_poison(struct session *s, uint64_t lo, uint64_t hi);
-/* Mark units of [lo, hi) done; returns how many were newly done. */
+/* Mark units of [lo, hi) done; returns how many were newly done.  The call
+ * that makes units_done reach units_total stamps t_complete: that, not the
+ * release, is when the transfer completed. */
 uint64_t mark_done(struct session *s, uint64_t lo, uint64_t hi);
 static inline int unit_test(const uint64_t *bm, uint64_t off)
 {
