@@ -255,6 +255,12 @@ static void add_waiter(struct session *s, uint64_t addr, uint64_t t_recv, uint64
 	}
 	s->w[s->nw++] = (struct waiter){ addr, t_recv, t_req, c0, c1 };
 	__atomic_store_n(&s->nwaiters, (int)s->nw, __ATOMIC_RELAXED);
+	/* Pairs with the fence in on_chunk (server.c): either the listener sees
+	 * nwaiters and kicks the eventfd, or service_waiters (later in this
+	 * round) sees the chunk present.  Without it the store can sit in the
+	 * store buffer past our presence check while the listener reads 0, and
+	 * the waiter is only served at the next 10 ms poll timeout. */
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 
 static void log_poison(struct session *s, uint64_t chunk, uint64_t addr, int64_t bytes, const char *why)
@@ -315,6 +321,8 @@ static int serve_fault(struct session *s, uint64_t addr, uint64_t t_recv, int fi
 		rc = fill_zero_page(s, e, off);
 		if (rc == -EAGAIN || rc == -ESRCH)
 			return rc;
+		if (rc < 0) /* never leave the thread asleep: let it fault again */
+			ufd_wake(s->uffd, page, e->ps);
 		fault_answered(s, FK_ZERO, t_recv);
 		/* Zeros need no chunk: widen to the 2 MiB around the fault. */
 		uint64_t w = off & ~((2ull << 20) - 1);
@@ -386,6 +394,8 @@ static int service_waiters(struct session *s)
 			if (unit_test(s->zero, off)) {
 				rc = fill_zero_page(s, e, off);
 				if (rc == 0 || (rc != -EAGAIN && rc != -ESRCH)) {
+					if (rc < 0) /* as in serve_fault: never leave it asleep */
+						ufd_wake(s->uffd, w->addr, e->ps);
 					fault_answered(s, FK_ZERO, w->t_recv);
 					answered = 1;
 				}

@@ -310,11 +310,14 @@ void fill_zero_rest(struct session *s, const struct extent *e, uint64_t lo, uint
 			if (rc == 0)
 				break;
 			if (rc != -EEXIST)
-				return; /* EAGAIN and friends: these pages will fault and be zeroed then */
+				goto wake; /* EAGAIN and friends: the rest will fault and be zeroed then */
 			p += UNIT;
 		}
 		p = q;
 	}
+wake:
+	/* Also after a failure: the pages zeroed so far went in with DONTWAKE,
+	 * and a thread may already sleep on one of them. */
 	ufd_wake(s->uffd, e->va + (lo - e->off), hi - lo);
 }
 

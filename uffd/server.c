@@ -105,6 +105,9 @@ static void on_chunk(void *arg, uint64_t idx, int rc)
 	struct userver *srv = arg;
 	if (rc < 0)
 		__atomic_store_n(&srv->fail_ns[idx], now_ns(), __ATOMIC_RELEASE);
+	/* Pairs with the fence in add_waiter (fault.c): the chunk's state was
+	 * stored before this call, nwaiters is read after. */
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	pthread_mutex_lock(&srv->mu);
 	for (struct session *s = srv->sessions; s; s = s->next_s) {
 		if (__atomic_load_n(&s->nwaiters, __ATOMIC_RELAXED)) {
