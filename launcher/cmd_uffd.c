@@ -34,6 +34,9 @@ static void usage(FILE *f)
 		"  --prefetch           fetch and install a recorded working set first; read\n"
 		"                       from --prefetch-from, else --record, else URL.ws\n"
 		"  --prefetch-from URL  where --prefetch reads the working set\n"
+		"  --prefetch-wait      REAP-style: load the whole working set before serving the\n"
+		"                       first fault (the guest runs, but its first fault waits\n"
+		"                       for the set; later faults inside it are gone)\n"
 		"  --push, --no-push    install everything in the background (default: push)\n"
 		"  --threads N          fetches in flight (default 16)\n"
 		"  --bg-threads N       of which the background transfer may use (default 4)\n"
@@ -73,12 +76,12 @@ static int parse_uint(const char *opt, const char *s, uint64_t max, uint64_t *ou
 
 int cmd_uffd_serve(int argc, char **argv)
 {
-	enum { O_SOCKET = 256, O_MEM, O_RECORD, O_PREFETCH, O_PREFETCH_FROM, O_PUSH, O_NOPUSH, O_THREADS, O_WAIT,
+	enum { O_SOCKET = 256, O_MEM, O_RECORD, O_PREFETCH, O_PREFETCH_FROM, O_PREFETCH_WAIT, O_PUSH, O_NOPUSH, O_THREADS, O_WAIT,
 	       O_SPIN, O_FTIMEOUT, O_BGTHREADS, O_NICE, O_HTIMEOUT, O_METRICS, O_READY, O_EXIT };
 	static const struct option opts[] = {
 		{ "socket", 1, 0, O_SOCKET },         { "mem", 1, 0, O_MEM },
 		{ "record", 1, 0, O_RECORD },         { "prefetch", 0, 0, O_PREFETCH },
-		{ "prefetch-from", 1, 0, O_PREFETCH_FROM },
+		{ "prefetch-from", 1, 0, O_PREFETCH_FROM }, { "prefetch-wait", 0, 0, O_PREFETCH_WAIT },
 		{ "push", 0, 0, O_PUSH },             { "no-push", 0, 0, O_NOPUSH },
 		{ "threads", 1, 0, O_THREADS },       { "bg-threads", 1, 0, O_BGTHREADS },
 		{ "wait", 1, 0, O_WAIT },             { "push-nice", 1, 0, O_NICE },
@@ -100,6 +103,7 @@ int cmd_uffd_serve(int argc, char **argv)
 		case O_RECORD: cfg.record_url = optarg; break;
 		case O_PREFETCH: cfg.prefetch = 1; break;
 		case O_PREFETCH_FROM: cfg.prefetch = 1; cfg.prefetch_url = optarg; break;
+		case O_PREFETCH_WAIT: cfg.prefetch = 1; cfg.prefetch_wait = 1; break;
 		case O_PUSH: cfg.push = 1; break;
 		case O_NOPUSH: cfg.push = 0; break;
 		case O_THREADS:

@@ -17,6 +17,7 @@ struct userver_config {
 	const char *record_url;     /* NULL: don't record the working set */
 	const char *prefetch_url;   /* where --prefetch reads the set (NULL: derived) */
 	int prefetch;
+	int prefetch_wait;          /* REAP: load the whole set before serving a fault */
 	int push;                   /* install everything in the background (default 1) */
 	int exit_when_done;         /* return from userver_run once the first client served leaves */
 	enum wait_mode wait;

@@ -88,6 +88,14 @@ fcvm_ok prefetch --touch random --stride 4M --check "$MEM"
 uffd_wait $SRV_PID 30 || fail "prefetch: server exit status $?"
 check_metric "$T/prefetch.json" "m['prefetch']['chunks'] == $recorded and c['working_set']['prefetch_chunks'] == $recorded" \
 	"prefetch did not load the $recorded recorded chunks"
+# REAP-style: the set is loaded before the first fault is served, so the same
+# workload (same seed) never waits for the store.
+uffd_start prefetch-wait --exit-when-done --no-push --mem "file://$T/store/mem" --prefetch-wait \
+	--prefetch-from "file://$T/ws/mem.ws"
+fcvm_ok prefetch-wait --touch random --stride 4M --check "$MEM"
+uffd_wait $SRV_PID 30 || fail "prefetch-wait: server exit status $?"
+grep -q "working-set chunks loaded" "$T/prefetch-wait.log" || fail "--prefetch-wait did not wait for the set"
+check_metric "$T/prefetch-wait.json" 'c["faults"]["store"] == 0' "--prefetch-wait: faults still waited for the store"
 # A set recorded against another image is refused, and the server still serves.
 uffd_start prefetch-wrong --exit-when-done --mem "file://$T/store/mem64k" --prefetch-from "file://$T/ws/mem.ws"
 grep -q "no usable working set" "$T/prefetch-wrong.log" || fail "a working set of another image was not refused"
