@@ -142,7 +142,7 @@ static int lazy_resume(const char *url, int n, int prefetch, int kvm, struct laz
 	path(log, "demo.log");
 	path(check, "vm.mem");
 	snprintf(ws, sizeof ws, "%s.ws", url);
-	char *sargv[16];
+	char *sargv[18];
 	int k = 0;
 	sargv[k++] = self;
 	sargv[k++] = "uffd-serve";
@@ -153,7 +153,7 @@ static int lazy_resume(const char *url, int n, int prefetch, int kvm, struct laz
 	sargv[k++] = prefetch ? "--prefetch-from" : "--record";
 	sargv[k++] = ws;
 	if (prefetch)
-		sargv[k++] = "--prefetch";
+		sargv[k++] = "--prefetch-wait"; /* REAP: the set is in before a fault is answered */
 	sargv[k++] = "--metrics";
 	sargv[k++] = metrics;
 	sargv[k++] = "--exit-when-done";
@@ -203,7 +203,8 @@ static void usage(FILE *f)
 	fprintf(f, "usage: thaw demo [--size N] [--keep] [--no-kvm]\n\n"
 		   "Resume a memory image three ways on a file:// store in a temporary directory:\n"
 		   "lazily through userfaultfd (thaw uffd-serve), by stop-and-copy (thaw pull, then\n"
-		   "start), and lazily with the working set recorded by the first run prefetched.\n"
+		   "start), and lazily with the working set recorded by the first run loaded before the first fault\n"
+		   "is answered (REAP-style, --prefetch-wait).\n"
 		   "The workload is a KVM guest reading every page (a user-space toucher with\n"
 		   "--no-kvm or without /dev/kvm); every byte is checked.\n\n"
 		   "  --size N   memory image size (default 256M)\n"
