@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "../common/progress.h"
+#include "../common/json.h"
 #include "../common/timeutil.h"
 #include "file.h"
 #include "hydrator.h"
@@ -71,21 +72,6 @@ static int row_of(struct tnode *n, struct frow *r)
 	return 0;
 }
 
-static void json_str(FILE *o, const char *s)
-{
-	fputc('"', o);
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (c == '"' || c == '\\')
-			fprintf(o, "\\%c", c);
-		else if (c < 0x20)
-			fprintf(o, "\\u%04x", c);
-		else
-			fputc(c, o);
-	}
-	fputc('"', o);
-}
-
 static void eta_text(double eta, char *buf, size_t n)
 {
 	if (eta < 0)
@@ -114,11 +100,11 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 
 	if (json) {
 		fprintf(o, "{\"mountpoint\":");
-		json_str(o, fs->mnt_abs);
+		json_write_str(o, fs->mnt_abs);
 		fprintf(o, ",\"url\":");
-		json_str(o, fs->url_text);
+		json_write_str(o, fs->url_text);
 		fprintf(o, ",\"cache\":");
-		json_str(o, fs->cache_root);
+		json_write_str(o, fs->cache_root);
 		fprintf(o, ",\"rw\":%s,\"pid\":%d,\"uptime_s\":%.1f,", fs->o.rw ? "true" : "false", (int)getpid(), up);
 		fprintf(o, "\"store\":{\"gets\":%llu,\"heads\":%llu,\"lists\":%llu,\"bytes_in\":%llu,\"retries\":%llu,"
 			   "\"failures\":%llu},",
@@ -128,7 +114,7 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 		fprintf(o, "\"hydrator\":{\"enabled\":%s,\"queued\":%llu,\"done\":%llu,\"failed\":%llu,\"current\":",
 			fs->hy ? "true" : "false", (unsigned long long)q, (unsigned long long)hdone,
 			(unsigned long long)hfailed);
-		json_str(o, curpath);
+		json_write_str(o, curpath);
 		fprintf(o, "},\"files\":[");
 		int first = 1;
 		for (uint64_t ino = 1; ino <= max; ino++) {
@@ -137,7 +123,7 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 				continue;
 			fprintf(o, "%s{\"path\":", first ? "" : ",");
 			first = 0;
-			json_str(o, r.path);
+			json_write_str(o, r.path);
 			fprintf(o, ",\"size\":%llu,\"open\":%s,\"kind\":\"%s\",\"chunks\":%llu,\"chunks_present\":%llu,"
 				   "\"present_bytes\":%llu,\"percent\":%.2f,\"bytes_fetched\":%llu,\"fetches\":%llu,"
 				   "\"fetch_failures\":%llu,\"verify_failures\":%llu,\"cache_hits_at_open\":%llu,"
@@ -153,7 +139,7 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 				(unsigned long long)r.cache_hits, (unsigned long long)r.inflight, r.rate, r.eta,
 				hydrate_name(r.hydrate), (unsigned long long)r.dirty,
 				(unsigned long long)(n->f ? n->f->nerrors : 0));
-			json_str(o, r.err);
+			json_write_str(o, r.err);
 			fprintf(o, "}");
 		}
 		fprintf(o, "]}\n");

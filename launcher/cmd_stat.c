@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../common/progress.h"
+#include "../common/json.h"
 #include "../objstore/blob.h"
 #include "cli.h"
 
@@ -55,11 +56,11 @@ int cmd_stat(int argc, char **argv)
 	uint64_t stored_bytes = size - zero_bytes - dedup_bytes;
 	double zf = size ? (double)zero_bytes / (double)size : 0;
 	if (json) {
-		printf("{\"url\":\"%s\",\"kind\":\"%s\",\"size\":%llu,\"etag\":\"", argv[optind],
-		       ix ? "thaw-image" : "object", (unsigned long long)size);
-		for (const char *p = blob_etag(b); *p; p++)
-			printf(*p == '"' || *p == '\\' ? "\\%c" : "%c", *p);
-		printf("\"");
+		printf("{\"url\":");
+		json_write_str(stdout, argv[optind]);
+		printf(",\"kind\":\"%s\",\"size\":%llu,\"etag\":", ix ? "thaw-image" : "object",
+		       (unsigned long long)size);
+		json_write_str(stdout, blob_etag(b));
 		if (ix)
 			printf(",\"chunk_size\":%llu,\"chunks\":%llu,\"chunks_zero\":%llu,\"chunks_stored\":%llu,"
 			       "\"zero_fraction\":%.4f,\"dedup_saved_bytes\":%llu,\"stored_bytes\":%llu",

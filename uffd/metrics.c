@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "metrics.h"
+#include "../common/json.h"
 
 #define LD(p) __atomic_load_n(p, __ATOMIC_RELAXED)
 
@@ -38,31 +39,16 @@ static void json_ms(FILE *f, const char *name, uint64_t t0, uint64_t t)
 		fprintf(f, ",\"%s\":%.3f", name, v);
 }
 
-void metrics_json_str(FILE *f, const char *s)
-{
-	fputc('"', f);
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (c == '"' || c == '\\')
-			fprintf(f, "\\%c", c);
-		else if (c < 0x20)
-			fprintf(f, "\\u%04x", c);
-		else
-			fputc(c, f);
-	}
-	fputc('"', f);
-}
-
 void metrics_session_json(const struct sess_metrics *m, FILE *f)
 {
 	uint64_t total = 0;
 	for (int k = 0; k < FK_COUNT; k++)
 		total += LD(&m->faults[k]);
 	fprintf(f, "{\"id\":%d,\"pid\":%d,\"uid\":%u,\"state\":", m->id, (int)m->pid, (unsigned)m->uid);
-	metrics_json_str(f, m->state);
+	json_write_str(f, m->state);
 	if (m->refused[0]) {
 		fprintf(f, ",\"refused\":");
-		metrics_json_str(f, m->refused);
+		json_write_str(f, m->refused);
 	}
 	fprintf(f, ",\"regions\":%llu,\"bytes\":%llu,\"page_size\":%llu", (unsigned long long)m->nregions,
 		(unsigned long long)m->bytes_total, (unsigned long long)m->page_size_max);

@@ -63,8 +63,6 @@ void metrics_set_time(uint64_t *t, uint64_t ns); /* only the first time */
 
 /* Emit one connection's metrics as a JSON object. */
 void metrics_session_json(const struct sess_metrics *m, FILE *f);
-/* A JSON string literal. */
-void metrics_json_str(FILE *f, const char *s);
 /* Fold a connection into a running total (counters and histograms). */
 void metrics_fold(struct sess_metrics *total, const struct sess_metrics *m);
 

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "../common/err.h"
+#include "../common/json.h"
 #include "../common/log.h"
 #include "../common/timeutil.h"
 #include "server.h"
@@ -518,7 +519,7 @@ static void metrics_doc(struct userver *srv, FILE *f)
 	blob_get_stats(srv->blob, &bs);
 	struct sess_metrics *tot = calloc(1, sizeof *tot);
 	fprintf(f, "{\"version\":1,\"mem\":");
-	metrics_json_str(f, srv->cfg.mem_url);
+	json_write_str(f, srv->cfg.mem_url);
 	fprintf(f, ",\"uptime_s\":%.3f,", (double)(now_ns() - srv->t_start) / 1e9);
 	fprintf(f, "\"wait\":\"%s\",\"spin_us\":%u,", srv->cfg.wait == WAIT_BLOCK ? "block" : srv->cfg.wait == WAIT_SPIN ? "spin" : "adaptive",
 		srv->cfg.spin_us);
@@ -532,7 +533,7 @@ static void metrics_doc(struct userver *srv, FILE *f)
 		(unsigned long long)bs.fetches, (unsigned long long)bs.fetch_failures,
 		(unsigned long long)bs.verify_failures);
 	fprintf(f, "\"prefetch\":{\"from\":");
-	metrics_json_str(f, srv->cfg.prefetch ? srv->ws_from : "");
+	json_write_str(f, srv->cfg.prefetch ? srv->ws_from : "");
 	fprintf(f, ",\"chunks\":%zu},", srv->nws);
 	fprintf(f, "\"connections\":[");
 	pthread_mutex_lock(&srv->mu);

@@ -46,6 +46,7 @@
 #include <unistd.h>
 
 #include "../../common/err.h"
+#include "../../common/json.h"
 #include "../../common/timeutil.h"
 
 #ifndef MAP_HUGE_2MB
@@ -244,21 +245,6 @@ static double need_secs(const char *flag, const char *val)
 	if (!val || end == val || *end || v < 0)
 		die(2, "%s wants seconds, not '%s'", flag, val ? val : "");
 	return v;
-}
-
-static void json_str(FILE *f, const char *s)
-{
-	fputc('"', f);
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (c == '"' || c == '\\')
-			fprintf(f, "\\%c", c);
-		else if (c < 0x20)
-			fprintf(f, "\\u%04x", c);
-		else
-			fputc(c, f);
-	}
-	fputc('"', f);
 }
 
 static double us(uint64_t ns) { return (double)ns / 1e3; }
@@ -494,7 +480,7 @@ out:
 	if (rc)
 		return rc;
 	printf("{\"mode\":\"make-image\",\"file\":");
-	json_str(stdout, opt.make_image);
+	json_write_str(stdout, opt.make_image);
 	printf(",\"size\":%" PRIu64 ",\"seed\":%" PRIu64 ",\"random_pages\":%" PRIu64 ",\"zero_pages\":%" PRIu64
 	       ",\"template_pages\":%" PRIu64 "}\n",
 	       size, seed, nrand, nzero, ntmpl);
