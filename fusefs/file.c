@@ -265,18 +265,25 @@ void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size
 	int mixed = 0;
 	for (uint64_t i = first; f->ov && i <= last; i++)
 		mixed |= overlay_dirty(f->ov, i);
-	for (uint64_t i = first; i <= last; i++)
-		if (!blob_chunk_present(b, i) && !(f->ov && overlay_dirty(f->ov, i)))
-			blob_request(b, i, PRIO_DEMAND);
-
 	uint64_t from, to;
 	pthread_mutex_lock(&h->mu);
 	int ra = ra_advance(&h->ra, off, size, fsize, &from, &to);
 	pthread_mutex_unlock(&h->mu);
-	if (ra)
-		for (uint64_t i = from / cs; i <= (to - 1) / cs; i++)
-			if (!(f->ov && overlay_dirty(f->ov, i)))
+	/* The window is queued before the demand is dispatched, so that (for a
+	 * plain object) the demand's GET runs on through the window.  Chunks
+	 * written under --rw come from the overlay and are never fetched. */
+	if (!f->ov) {
+		if (ra)
+			blob_request_range(b, from / cs, (to - 1) / cs, PRIO_READAHEAD);
+		blob_request_range(b, first, last, PRIO_DEMAND);
+	} else {
+		for (uint64_t i = ra ? from / cs : 1, e = ra ? (to - 1) / cs : 0; i <= e; i++)
+			if (!overlay_dirty(f->ov, i))
 				blob_request(b, i, PRIO_READAHEAD);
+		for (uint64_t i = first; i <= last; i++)
+			if (!blob_chunk_present(b, i) && !overlay_dirty(f->ov, i))
+				blob_request(b, i, PRIO_DEMAND);
+	}
 
 	int rc = 0;
 	if (!mixed && f->data_fd >= 0 && size <= fs->splice_max && __atomic_load_n(&f->fd_checked, __ATOMIC_ACQUIRE) >= 0) {

@@ -41,7 +41,7 @@ void fusefs_opts_default(struct fusefs_opts *o)
 	o->hydrate_jobs = 8;
 	o->readahead_min = 1u << 20;
 	o->readahead_max = 64u << 20;
-	o->chunk_size = 1u << 20;
+	o->chunk_size = 0; /* the blob's default */
 	o->kernel_readahead_kb = 1024;
 }
 
@@ -323,7 +323,8 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 	if (rc == 0) {
 		blob_opts_default(&fs->bo);
 		fs->bo.jobs = fs->o.jobs;
-		fs->bo.plain_chunk_size = fs->o.chunk_size ? fs->o.chunk_size : 1u << 20;
+		if (fs->o.chunk_size)
+			fs->bo.plain_chunk_size = fs->o.chunk_size;
 		fs->bo.cache_dir = fs->cache_root;
 		fs->bo.bg_jobs = fs->o.hydrate_jobs > 0 && fs->o.hydrate_jobs < fs->o.jobs ? fs->o.hydrate_jobs : 0;
 		fs->bo.bg_bytes_per_sec = fs->o.hydrate_rate;

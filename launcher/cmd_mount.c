@@ -58,7 +58,7 @@ static void mount_usage(FILE *f)
 		"  --jobs N           fetches in flight per file (default 16)\n"
 		"  --store-jobs N     transfers in flight in the store (default 32)\n"
 		"  --readahead MAX    readahead window cap (default 64M)\n"
-		"  --chunk-size N     fetch size for plain objects (default 1M; images keep theirs)\n"
+		"  --chunk-size N     least fetch for plain objects (default 64K; images keep theirs)\n"
 		"  --store-timeout MS give up on one store request after MS (default 60000)\n"
 		"  --kernel-readahead KB  the kernel's own readahead for this mount (default 1024;\n"
 		"                     needs root, 0 leaves the kernel's 128)\n"

@@ -14,11 +14,14 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "../common/log.h"
 #include "../common/timeutil.h"
 #include "blob.h"
 #include "cache.h"
+
+#define WAIT_SHARDS 16
 
 enum cstate { C_ABSENT = 0, C_QUEUED, C_INFLIGHT, C_PRESENT, C_FAILED };
 
@@ -36,7 +39,10 @@ struct fetch {
 	uint64_t count; /* chunks idx..idx+count-1, one ranged GET (plain objects) */
 	int prio;
 	int tries;    /* verification attempts so far */
-	uint8_t *buf; /* malloc'd for a cache backing; points into mem otherwise */
+	uint8_t *buf; /* malloc'd for a cache backing; points into mem otherwise;
+	                 NULL for a streamed (plain object) fetch */
+	uint64_t published;  /* streamed: chunks idx..idx+published-1 are present */
+	XXH3_state_t *hs;    /* streamed into a cache: the hash of the chunk being written */
 };
 
 struct blob {
@@ -55,6 +61,11 @@ struct blob {
 
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
+	/* Readers waiting for a chunk sleep on wcv[idx % WAIT_SHARDS], so a chunk
+	 * that lands wakes its own readers, not every reader of the blob (a
+	 * streamed GET publishes a chunk every few tens of microseconds). */
+	pthread_cond_t wcv[WAIT_SHARDS];
+	int nwait[WAIT_SHARDS];
 	uint8_t *state;
 	uint8_t *qprio;    /* the priority a QUEUED chunk waits at */
 	struct fifo q[PRIO_COUNT];
@@ -79,12 +90,28 @@ struct blob {
 
 static void dispatch(struct blob *b);
 
+/* Wake the readers of chunk idx (b->mu held). */
+static void wake_chunk(struct blob *b, uint64_t idx)
+{
+	if (b->nwait[idx % WAIT_SHARDS])
+		pthread_cond_broadcast(&b->wcv[idx % WAIT_SHARDS]);
+}
+
+/* Wake every waiter: chunks settled in bulk (b->mu held). */
+static void wake_all(struct blob *b)
+{
+	pthread_cond_broadcast(&b->cv);
+	for (int i = 0; i < WAIT_SHARDS; i++)
+		if (b->nwait[i])
+			pthread_cond_broadcast(&b->wcv[i]);
+}
+
 void blob_opts_default(struct blob_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	o->jobs = 16;
-	o->plain_chunk_size = 1u << 20;
-	o->coalesce = 8;
+	o->plain_chunk_size = 64u << 10;
+	o->coalesce_bytes = 16u << 20;
 }
 
 static int fifo_push(struct fifo *f, uint64_t v)
@@ -170,6 +197,7 @@ int blob_drop_memory(struct blob *b)
 /* --- fetching --- */
 
 static void fetch_done(struct store_op *op);
+static int fetch_sink(struct store_op *op, uint64_t pos, const void *p, size_t n);
 
 static int start_fetch(struct blob *b, uint64_t idx, uint64_t count, int prio)
 {
@@ -181,7 +209,14 @@ static int start_fetch(struct blob *b, uint64_t idx, uint64_t count, int prio)
 	f->count = count;
 	f->prio = prio;
 	uint64_t len = ((count - 1) << b->shift) + blob_chunk_len(b, idx + count - 1);
-	if (b->mem) {
+	int streamed = !b->image;
+	if (streamed && b->cache && !(f->hs = XXH3_createState())) {
+		free(f);
+		return -ENOMEM;
+	}
+	if (streamed) {
+		f->buf = NULL;
+	} else if (b->mem) {
 		f->buf = b->mem + (idx << b->shift);
 	} else {
 		f->buf = malloc(len);
@@ -203,10 +238,13 @@ static int start_fetch(struct blob *b, uint64_t idx, uint64_t count, int prio)
 		snprintf(op->if_match, sizeof op->if_match, "%s", b->etag);
 	}
 	op->done = fetch_done;
+	op->sink = streamed ? fetch_sink : NULL;
 	op->arg = f;
 	op->urgent = prio == PRIO_DEMAND;
-	for (uint64_t k = 0; k < count; k++)
+	for (uint64_t k = 0; k < count; k++) {
+		op->urgent |= b->state[idx + k] == C_QUEUED && b->qprio[idx + k] == PRIO_DEMAND;
 		b->state[idx + k] = C_INFLIGHT;
+	}
 	b->inflight++;
 	if (prio == PRIO_BACKGROUND) {
 		b->inflight_bg++;
@@ -223,8 +261,66 @@ static int start_fetch(struct blob *b, uint64_t idx, uint64_t count, int prio)
 		snprintf(b->last_err, sizeof b->last_err, "chunk %llu: %s", (unsigned long long)idx, err_msg());
 		if (!b->mem)
 			free(f->buf);
+		XXH3_freeState(f->hs);
 		free(f);
 		return rc;
+	}
+	return 0;
+}
+
+/* A streamed fetch finished chunk k: record it and let its readers go. */
+static int publish(struct blob *b, struct fetch *f, uint64_t k)
+{
+	if (b->cache) {
+		int rc = cache_record(b->cache, k, XXH3_64bits_digest(f->hs));
+		if (rc < 0)
+			return rc;
+	}
+	pthread_mutex_lock(&b->mu);
+	__atomic_store_n(&b->state[k], C_PRESENT, __ATOMIC_RELEASE);
+	b->present++;
+	b->bytes_fetched += blob_chunk_len(b, k);
+	f->published++;
+	wake_chunk(b, k);
+	blob_listener fn = b->listener;
+	void *arg = b->listener_arg;
+	pthread_mutex_unlock(&b->mu);
+	if (fn)
+		fn(arg, k, 0);
+	return 0;
+}
+
+/* The store's sink for a plain object's ranged GET: body bytes go straight
+ * into the backing (no staging buffer), and each chunk is published the
+ * moment its last byte is written.  The store passes every byte once, in
+ * order, after checking the answer against the pinned ETag. */
+static int fetch_sink(struct store_op *op, uint64_t pos, const void *p, size_t n)
+{
+	struct fetch *f = op->arg;
+	struct blob *b = f->b;
+	uint64_t at = op->off + pos;
+	const uint8_t *q = p;
+	while (n) {
+		uint64_t k = at >> b->shift, start = k << b->shift, end = start + blob_chunk_len(b, k);
+		size_t take = n < end - at ? n : (size_t)(end - at);
+		if (b->cache) {
+			int rc = cache_write(b->cache, q, take, at);
+			if (rc < 0)
+				return rc;
+			if (at == start)
+				XXH3_64bits_reset(f->hs);
+			XXH3_64bits_update(f->hs, q, take);
+		} else {
+			memcpy(b->mem + at, q, take);
+		}
+		at += take;
+		q += take;
+		n -= take;
+		if (at == end) {
+			int rc = publish(b, f, k);
+			if (rc < 0)
+				return rc;
+		}
 	}
 	return 0;
 }
@@ -280,33 +376,42 @@ static void fetch_done(struct store_op *op)
 			snprintf(why, sizeof why, "%s", err_msg());
 		}
 	}
-	for (uint64_t k = 0; rc == 0 && b->cache && k < f->count; k++) {
+	int streamed = op->sink != NULL;
+	if (rc == 0 && streamed && f->published != f->count) {
+		snprintf(why, sizeof why, "%s: only %llu of %llu chunks arrived", op->key,
+			 (unsigned long long)f->published, (unsigned long long)f->count);
+		rc = -EIO;
+	}
+	for (uint64_t k = 0; rc == 0 && !streamed && b->cache && k < f->count; k++) {
 		rc = cache_commit(b->cache, f->idx + k, f->buf + (k << b->shift), blob_chunk_len(b, f->idx + k));
 		if (rc < 0)
 			snprintf(why, sizeof why, "%s", err_msg());
 	}
-	if (rc < 0 && b->mem)
+	/* A streamed fetch's published chunks stand; the rest settle here. */
+	uint64_t from = streamed ? f->published : 0;
+	if (rc < 0 && b->mem && from < f->count)
 		/* Don't leave unverified bytes where a later reader could see them. */
-		memset(f->buf, 0, op->len);
+		memset(b->mem + ((f->idx + from) << b->shift), 0,
+		       ((f->count - from - 1) << b->shift) + blob_chunk_len(b, f->idx + f->count - 1));
 
 	pthread_mutex_lock(&b->mu);
 	b->inflight--;
 	if (f->prio == PRIO_BACKGROUND)
 		b->inflight_bg--;
-	if (rc == 0) {
+	if (rc == 0 && !streamed) {
 		for (uint64_t k = 0; k < f->count; k++)
 			__atomic_store_n(&b->state[f->idx + k], C_PRESENT, __ATOMIC_RELEASE);
 		b->present += f->count;
 		b->bytes_fetched += op->len;
-	} else {
-		for (uint64_t k = 0; k < f->count; k++)
+	} else if (rc < 0) {
+		for (uint64_t k = from; k < f->count; k++)
 			b->state[f->idx + k] = C_FAILED;
 		b->fetch_failures++;
 		snprintf(b->last_err, sizeof b->last_err, "chunk %llu of %s: %s", (unsigned long long)f->idx, b->key,
 			 why);
 		log_error("%s", b->last_err);
 	}
-	pthread_cond_broadcast(&b->cv);
+	wake_all(b);
 	if (!b->closing)
 		dispatch(b);
 	blob_listener fn = b->listener;
@@ -314,10 +419,11 @@ static void fetch_done(struct store_op *op)
 	int own_buf = !b->mem;
 	b->completing++; /* keeps blob_close waiting until we are out */
 	pthread_mutex_unlock(&b->mu);
-	for (uint64_t k = 0; fn && k < f->count; k++)
+	for (uint64_t k = from; fn && (rc < 0 || !streamed) && k < f->count; k++)
 		fn(arg, f->idx + k, rc);
 	if (own_buf)
 		free(f->buf);
+	XXH3_freeState(f->hs);
 	free(f);
 	pthread_mutex_lock(&b->mu);
 	if (--b->completing == 0)
@@ -374,14 +480,20 @@ static void dispatch(struct blob *b)
 		if (prio < 0)
 			return;
 		uint64_t count = 1;
-		if (!b->image && prio != PRIO_DEMAND) {
-			/* Plain objects: adjacent chunks waiting at the same priority go
-			 * in one ranged GET (a request costs milliseconds on most servers,
-			 * whatever its size).  Demand fetches stay one chunk: short. */
-			uint64_t max = (uint64_t)b->o.coalesce;
+		if (!b->image) {
+			/* Plain objects: adjacent queued chunks go in one ranged GET (a
+			 * request costs milliseconds on most servers, whatever its size).
+			 * The GET is streamed and each chunk published as it lands, so
+			 * a demand chunk at its head is not slowed by its tail. */
+			uint64_t max = b->o.coalesce_bytes >> b->shift;
+			/* Under a bandwidth cap one GET may not spend more than a
+			 * quarter second of it: the cap is kept by spacing GETs. */
+			if (prio == PRIO_BACKGROUND && b->o.bg_bytes_per_sec &&
+			    max > (b->o.bg_bytes_per_sec / 4) >> b->shift)
+				max = (b->o.bg_bytes_per_sec / 4) >> b->shift;
 			while (count < max && idx + count < b->n) {
 				uint64_t j = idx + count;
-				if (b->state[j] == C_QUEUED && b->qprio[j] == prio)
+				if (b->state[j] == C_QUEUED)
 					;
 				else if (prio == PRIO_BACKGROUND && b->hydrating && b->state[j] == C_ABSENT &&
 					 b->first_pos >= b->nfirst && b->cursor == j)
@@ -392,7 +504,7 @@ static void dispatch(struct blob *b)
 			}
 		}
 		if (start_fetch(b, idx, count, prio) < 0) {
-			pthread_cond_broadcast(&b->cv);
+			wake_all(b);
 			log_error("%s", b->last_err);
 		}
 	}
@@ -427,6 +539,20 @@ void blob_request(struct blob *b, uint64_t idx, enum blob_prio prio)
 	pthread_mutex_unlock(&b->mu);
 }
 
+void blob_request_range(struct blob *b, uint64_t first, uint64_t last, enum blob_prio prio)
+{
+	if (last >= b->n)
+		last = b->n - 1;
+	if (!b->n || first > last)
+		return;
+	pthread_mutex_lock(&b->mu);
+	for (uint64_t i = first; i <= last; i++)
+		if (b->state[i] != C_PRESENT && (b->state[i] != C_FAILED || prio == PRIO_DEMAND))
+			enqueue(b, i, prio);
+	dispatch(b);
+	pthread_mutex_unlock(&b->mu);
+}
+
 /* Wait for idx with b->mu held.  A chunk that had failed before this call is
  * tried once more; a failure after that is returned. */
 static int wait_chunk(struct blob *b, uint64_t idx, int prio)
@@ -451,7 +577,10 @@ static int wait_chunk(struct blob *b, uint64_t idx, int prio)
 		asked = 1;
 		if (b->state[idx] == C_FAILED)
 			continue;
-		if (pthread_cond_timedwait(&b->cv, &b->mu, &dl) == ETIMEDOUT)
+		b->nwait[idx % WAIT_SHARDS]++;
+		int t = pthread_cond_timedwait(&b->wcv[idx % WAIT_SHARDS], &b->mu, &dl);
+		b->nwait[idx % WAIT_SHARDS]--;
+		if (t == ETIMEDOUT)
 			return err_set(ETIMEDOUT, "timed out after %llu ms waiting for chunk %llu of %s",
 				       (unsigned long long)limit_ms, (unsigned long long)idx, b->key);
 	}
@@ -656,12 +785,14 @@ int blob_open(struct store *s, const char *key, const struct blob_opts *opts, st
 		/* Leave demand a free slot or two, so a fault never queues behind the pusher. */
 		b->o.bg_jobs = b->o.jobs > 2 ? b->o.jobs - 2 : 1;
 	if (!b->o.plain_chunk_size)
-		b->o.plain_chunk_size = 1u << 20;
-	if (b->o.coalesce < 1)
-		b->o.coalesce = 1;
+		b->o.plain_chunk_size = 64u << 10;
+	if (!b->o.coalesce_bytes)
+		b->o.coalesce_bytes = 16u << 20;
 	snprintf(b->key, sizeof b->key, "%s", key);
 	pthread_mutex_init(&b->mu, NULL);
 	pthread_cond_init(&b->cv, NULL);
+	for (int i = 0; i < WAIT_SHARDS; i++)
+		pthread_cond_init(&b->wcv[i], NULL);
 
 	uint8_t *probe = malloc(IMG_PROBE_LEN);
 	int rc = probe ? 0 : err_set(ENOMEM, "out of memory");
@@ -734,7 +865,7 @@ void blob_close(struct blob *b)
 	pthread_mutex_lock(&b->mu);
 	b->closing = 1;
 	b->hydrating = 0;
-	pthread_cond_broadcast(&b->cv);
+	wake_all(b);
 	/* Fetches in flight point at this blob; let them land (the store bounds them). */
 	while (b->inflight > 0 || b->completing > 0)
 		pthread_cond_wait(&b->cv, &b->mu);

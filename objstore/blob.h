@@ -3,7 +3,10 @@
  *
  * A blob is either a thaw image (chunks are content-addressed objects, checked
  * against their XXH3-128 on arrival; zero chunks cost nothing) or a plain object
- * (chunks are ranged GETs pinned to the ETag seen at open).
+ * (chunks are ranged GETs pinned to the ETag seen at open).  A plain object's
+ * chunks are small, so a random read costs little, and queued neighbours share
+ * one long GET whose chunks are streamed into the backing and published one
+ * by one as they land: a reader waits for its chunk, not for the whole GET.
  *
  * Each chunk is fetched at most once at a time however many threads wait for
  * it (single flight).  Pending fetches wait in three queues, served strictly
@@ -29,13 +32,15 @@ enum blob_prio { PRIO_DEMAND = 0, PRIO_READAHEAD = 1, PRIO_BACKGROUND = 2, PRIO_
 
 struct blob_opts {
 	int jobs;                 /* fetches in flight (default 16) */
-	uint64_t plain_chunk_size;/* chunk size for plain objects (default 1 MiB, power of two) */
+	uint64_t plain_chunk_size;/* chunk size for plain objects (default 64 KiB, power of two):
+	                             the least a cold random read fetches */
 	const char *cache_dir;    /* NULL: anonymous-memory backing; else persistent cache */
 	int writable;             /* allow blob_write (copy-on-write into the cache) */
 	uint64_t bg_bytes_per_sec;/* cap for background fetches; 0 = none */
 	int bg_jobs;              /* background fetches in flight (default: jobs) */
-	int coalesce;             /* plain objects: up to this many adjacent readahead or
-	                             background chunks per ranged GET (default 8; 1 = off) */
+	uint64_t coalesce_bytes;  /* plain objects: adjacent queued chunks go in one ranged
+	                             GET of up to this many bytes (default 16 MiB; the
+	                             chunk size = off) */
 };
 
 struct blob_stats {
@@ -75,6 +80,9 @@ int blob_chunk_present(const struct blob *b, uint64_t idx);
 /* Ask for chunk idx at prio; returns at once.  A chunk whose fetch failed is
  * tried again only for PRIO_DEMAND (one attempt per call). */
 void blob_request(struct blob *b, uint64_t idx, enum blob_prio prio);
+/* The same for chunks first..last, queued together so that a plain object's
+ * neighbours can share one ranged GET. */
+void blob_request_range(struct blob *b, uint64_t first, uint64_t last, enum blob_prio prio);
 /* Make chunk idx present and wait for it (or its failure).  0 or <0 + err_msg. */
 int blob_ensure(struct blob *b, uint64_t idx, enum blob_prio prio);
 /* Read [off, off+len) (clipped at the end of the blob), fetching what is missing

@@ -29,6 +29,11 @@ int cache_load_present(struct cache *c, uint8_t *state, uint8_t present_value, c
 		       uint64_t *hits);
 /* Write chunk idx's verified bytes; durable (and recorded) at the next flush. */
 int cache_commit(struct cache *c, uint64_t idx, const void *buf, uint64_t len);
+/* The same in two steps, for bytes that arrive as a stream: write any piece
+ * at its object offset, then record a chunk whose bytes are all written,
+ * with the XXH3-64 of them (sum_of makes 0 a valid hash). */
+int cache_write(struct cache *c, const void *buf, size_t len, uint64_t off);
+int cache_record(struct cache *c, uint64_t idx, uint64_t xxh3_64);
 int cache_read(struct cache *c, void *buf, size_t len, uint64_t off);
 /* Make every committed chunk durable and recorded now. */
 int cache_flush(struct cache *c);

@@ -98,9 +98,11 @@ int store_deliver_start(struct store *s, int nthreads)
 	pthread_cond_init(&d->cv, NULL);
 	if (nthreads > 8)
 		nthreads = 8;
-	for (d->n = 0; d->n < nthreads; d->n++)
+	for (d->n = 0; d->n < nthreads; d->n++) {
 		if (pthread_create(&d->th[d->n], NULL, deliver_main, d))
 			break;
+		pthread_setname_np(d->th[d->n], "thaw-deliver");
+	}
 	if (!d->n) {
 		free(d);
 		return err_set(EAGAIN, "cannot start store callback threads");

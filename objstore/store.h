@@ -39,6 +39,15 @@ struct store_op {
 	char if_match[STORE_ETAG_MAX]; /* GET: "" or the ETag the object must have */
 	int urgent;          /* someone is blocked on this (a demand fault): it goes
 	                        ahead of queued non-urgent ops, in submission order */
+	/* GET, optional: the body goes here instead of into buf (buf may then
+	 * be NULL).  Called in order from a store thread with the position in
+	 * [0, len) and the next piece, only after the answer was checked
+	 * (status, range, ETag pin).  A retry resumes where the failed attempt
+	 * stopped, so each byte is passed exactly once.  Return 0, or a negative
+	 * errno (with err_set) to fail the op with it, not retried.  Lets a
+	 * reader stream a long range to disk and use its head while the tail is
+	 * still on the wire. */
+	int (*sink)(struct store_op *op, uint64_t pos, const void *p, size_t n);
 
 	/* result, valid in done() */
 	int rc;              /* 0, or a negative errno (-ENOENT missing key/bucket,

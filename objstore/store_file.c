@@ -19,6 +19,8 @@
 
 #include "../common/timeutil.h"
 #include "store.h"
+
+#define FILE_SINK_PIECE (1u << 20) /* a sink is fed this much at a time */
 #include "../common/fsutil.h"
 
 struct fstore {
@@ -82,23 +84,46 @@ static void do_get(struct store *s, struct store_op *op)
 	if (want > op->len)
 		want = op->len;
 	uint64_t got = 0;
+	/* A sink gets the range in pieces from a bounce buffer. */
+	char *bounce = NULL;
+	if (op->sink && want && !(bounce = malloc(want < FILE_SINK_PIECE ? want : FILE_SINK_PIECE))) {
+		store_op_fail(op, -ENOMEM, "%s: out of memory for a read buffer", path);
+		close(fd);
+		return;
+	}
 	while (got < want) {
-		ssize_t n = pread(fd, (char *)op->buf + got, want - got, (off_t)(op->off + got));
+		uint64_t ask = want - got;
+		if (op->sink && ask > FILE_SINK_PIECE)
+			ask = FILE_SINK_PIECE;
+		char *dst = op->sink ? bounce : (char *)op->buf + got;
+		ssize_t n = pread(fd, dst, ask, (off_t)(op->off + got));
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
 			errno_fail(op, "read", path);
+			free(bounce);
 			close(fd);
 			return;
 		}
 		if (n == 0) {
 			store_op_fail(op, -EIO, "%s: file shrank while reading (%llu of %llu bytes)", path,
 				      (unsigned long long)got, (unsigned long long)want);
+			free(bounce);
 			close(fd);
 			return;
 		}
+		if (op->sink) {
+			int rc = op->sink(op, got, dst, (size_t)n);
+			if (rc < 0) {
+				store_op_fail(op, rc, "%s", err_msg());
+				free(bounce);
+				close(fd);
+				return;
+			}
+		}
 		got += (uint64_t)n;
 	}
+	free(bounce);
 	close(fd);
 	op->nread = got;
 	atomic_fetch_add(&s->stats.bytes_in, got);

@@ -65,9 +65,13 @@ struct req {
 	uint64_t up_len, up_pos;
 	char *up_owned;
 
-	/* GET destination: [off, off+len) of the object goes to dst */
+	/* GET destination: [off, off+len) of the object goes to dst (or to
+	 * op->sink).  A retry resumes: base bytes came in earlier attempts, and
+	 * off/len/dst describe what is still missing. */
 	unsigned char *dst;
-	uint64_t off, len;
+	uint64_t off, len, base;
+	char pin[STORE_ETAG_MAX];  /* the ETag the resumed bytes must match */
+	int sink_rc;
 
 	/* XML answers and error documents */
 	char *body;
@@ -568,10 +572,14 @@ static size_t on_header(char *buf, size_t size, size_t nmemb, void *arg)
 static int get_check(struct req *r)
 {
 	struct store_op *op = r->op;
-	if (op->if_match[0] && strcmp(r->etag, op->if_match)) {
+	const char *want = op->if_match[0] ? op->if_match : r->pin;
+	if (want[0] && strcmp(r->etag, want)) {
 		r->stale = 1;
 		return 0;
 	}
+	/* Bytes kept from this answer pin the version a resumed retry must see. */
+	if (!r->pin[0])
+		xstrlcpy(r->pin, r->etag, sizeof r->pin);
 	if (r->status == 206 && ((r->cr_kind != 1 && r->cr_kind != 2) || r->cr_first != r->off ||
 				 r->cr_last < r->cr_first)) {
 		r->bad = 1;
@@ -581,6 +589,25 @@ static int get_check(struct req *r)
 		return 0;
 	}
 	r->checked = 1;
+	return 1;
+}
+
+/* Body bytes [at, at+n) of this attempt's range: into dst or the sink. */
+static int put_body(struct req *r, uint64_t at, const char *p, uint64_t n)
+{
+	struct store_op *op = r->op;
+	if (op->sink) {
+		int rc = op->sink(op, r->base + at, p, (size_t)n);
+		if (rc < 0) {
+			r->sink_rc = rc;
+			r->bad = 1;
+			snprintf(r->bad_msg, sizeof r->bad_msg, "%s", err_msg());
+			return 0;
+		}
+	} else {
+		memcpy(r->dst + at, p, n);
+	}
+	r->delivered += n;
 	return 1;
 }
 
@@ -600,8 +627,8 @@ static size_t on_write(char *buf, size_t size, size_t nmemb, void *arg)
 			 * hang up on a server that sends more than was asked for */
 			if (base < r->len) {
 				uint64_t n = len < r->len - base ? len : r->len - base;
-				memcpy(r->dst + base, buf, n);
-				r->delivered += n;
+				if (!put_body(r, base, buf, n))
+					return 0;
 			}
 			if (r->got >= r->len && r->cr_last - r->cr_first + 1 > r->len) {
 				r->enough = 1;
@@ -613,10 +640,8 @@ static size_t on_write(char *buf, size_t size, size_t nmemb, void *arg)
 		 * hang up once we have it rather than download the rest. */
 		uint64_t lo = base > r->off ? base : r->off;
 		uint64_t hi = base + len < r->off + r->len ? base + len : r->off + r->len;
-		if (lo < hi) {
-			memcpy(r->dst + (lo - r->off), buf + (lo - base), hi - lo);
-			r->delivered += hi - lo;
-		}
+		if (lo < hi && !put_body(r, lo - r->off, buf + (lo - base), hi - lo))
+			return 0;
 		if (r->got >= r->off + r->len) {
 			r->enough = 1;
 			return 0;
@@ -776,6 +801,22 @@ static void retry_or_fail(struct s3 *x, struct req *r, int rc, const char *fmt, 
 	va_end(ap);
 	r->last_rc = rc;
 	const char *bucket = x->s->url.root;
+	if (r->kind == R_GET && !r->as_head && r->delivered) {
+		/* Resume after the bytes already kept instead of fetching them again. */
+		r->base += r->delivered;
+		r->off += r->delivered;
+		r->len -= r->delivered;
+		if (r->dst)
+			r->dst += r->delivered;
+		r->delivered = 0;
+		if (!r->len) {
+			/* Everything wanted arrived; the failure came after it. */
+			r->op->nread = r->base;
+			r->op->obj_size = r->cr_kind == 1 ? r->cr_total : 0;
+			req_ok(r);
+			return;
+		}
+	}
 	if (!x->stopping && r->attempts < x->s->cfg.max_attempts) {
 		uint64_t delay = store_backoff_ms(r->attempts);
 		uint64_t now = now_ns();
@@ -924,7 +965,7 @@ static void get_done(struct s3 *x, struct req *r)
 				      (unsigned long long)promised);
 			return;
 		}
-		op->nread = r->delivered;
+		op->nread = r->base + r->delivered;
 		op->obj_size = r->cr_kind == 1 ? r->cr_total : 0;
 		if (r->cr_kind == 1 && r->cr_total < r->cr_last + 1) {
 			req_fail(r, -EIO, "s3://%s/%s: GET: Content-Range says the object is %llu bytes but sent byte %llu",
@@ -948,7 +989,7 @@ static void get_done(struct s3 *x, struct req *r)
 			      (unsigned long long)want);
 		return;
 	}
-	op->nread = want;
+	op->nread = r->base + want;
 	op->obj_size = total;
 	req_ok(r);
 	return;
@@ -989,6 +1030,8 @@ static void attempt_done(struct s3 *x, struct req *r, CURLcode res)
 	if (r->stale) {
 		req_fail(r, -ESTALE, "s3://%s/%s changed while reading (ETag %s, expected %s)", bucket, r->key,
 			 r->etag[0] ? r->etag : "none", r->op->if_match);
+	} else if (r->bad && r->sink_rc) {
+		req_fail(r, r->sink_rc, "%s", r->bad_msg);
 	} else if (r->bad) {
 		req_fail(r, -EIO, "s3://%s/%s: %s: %s", bucket, r->key, rkind_name[r->kind], r->bad_msg);
 	} else if (res != CURLE_OK && !(res == CURLE_WRITE_ERROR && r->enough)) {
@@ -1447,7 +1490,8 @@ static int s3_submit(struct store *s, struct store_op *op)
 	const char *bucket = s->url.root;
 	if (!op->key[0])
 		return err_set(EINVAL, "s3://%s: empty key", bucket);
-	if ((op->kind == STORE_GET || op->kind == STORE_PUT) && op->len && !op->buf)
+	if ((op->kind == STORE_GET || op->kind == STORE_PUT) && op->len && !op->buf &&
+	    !(op->kind == STORE_GET && op->sink))
 		return err_set(EINVAL, "s3://%s/%s: no buffer for %llu bytes", bucket, op->key,
 			       (unsigned long long)op->len);
 	if (op->kind == STORE_GET && op->off + op->len < op->off)
@@ -2014,6 +2058,8 @@ int store_s3_open(struct store *s)
 	s->priv = x;
 	s->impl = &s3_impl;
 	int e = pthread_create(&x->thread, NULL, loop_main, x);
+	if (!e)
+		pthread_setname_np(x->thread, "thaw-s3loop");
 	if (e) {
 		s->priv = NULL;
 		s3_free(x);

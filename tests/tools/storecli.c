@@ -3,6 +3,9 @@
  * "storecli: <message> [ERRNO]" on stderr otherwise.
  *
  *   storecli [-s] URL get KEY OFF LEN OUTFILE [ETAG]  -> nread=N size=S etag=E
+ *   storecli [-s] URL getsink KEY OFF LEN OUTFILE     the same GET through a sink (op->sink),
+ *                                                     checking every byte comes once, in order
+ *                                                     -> nread=N pieces=P
  *   storecli [-s] URL put KEY INFILE                  -> etag=E
  *   storecli [-s] URL head KEY                        -> size=N etag=E mtime=T
  *   storecli [-s] URL list [PREFIX [DELIM]]           -> KEY<TAB>SIZE<TAB>ETAG, or KEY<TAB>PREFIX
@@ -42,6 +45,26 @@ static void print_stats(struct store *s)
 		(unsigned long long)st->gets, (unsigned long long)st->heads, (unsigned long long)st->puts,
 		(unsigned long long)st->deletes, (unsigned long long)st->lists, (unsigned long long)st->bytes_in,
 		(unsigned long long)st->bytes_out, (unsigned long long)st->retries, (unsigned long long)st->failures);
+}
+
+/* getsink: the sink must see each byte of the range once, in order. */
+struct sinkcheck {
+	struct store_op op; /* first: store_run owns op.arg */
+	int fd;
+	uint64_t next, pieces;
+};
+
+static int check_sink(struct store_op *op, uint64_t pos, const void *p, size_t n)
+{
+	struct sinkcheck *sc = (struct sinkcheck *)op;
+	if (pos != sc->next)
+		return err_set(EPROTO, "sink got bytes at %llu, expected %llu", (unsigned long long)pos,
+			       (unsigned long long)sc->next);
+	if (pwrite(sc->fd, p, n, (off_t)pos) != (ssize_t)n)
+		return err_set(EIO, "sink write: %s", strerror(errno));
+	sc->next += n;
+	sc->pieces++;
+	return 0;
 }
 
 static int write_file(const char *path, const void *buf, uint64_t len)
@@ -284,6 +307,31 @@ static int run(struct store **sp, int argc, char **argv)
 			printf("nread=%llu size=%llu etag=%s\n", (unsigned long long)nread, (unsigned long long)size,
 			       etag);
 		free(buf);
+		return rc;
+	}
+	if (!strcmp(cmd, "getsink") && argc == 5) {
+		struct sinkcheck *sc = calloc(1, sizeof *sc);
+		if (!sc)
+			return err_set(ENOMEM, "out of memory");
+		sc->fd = open(argv[4], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (sc->fd < 0) {
+			free(sc);
+			return err_set(errno, "cannot create %s: %s", argv[4], strerror(errno));
+		}
+		struct store_op *op = &sc->op;
+		op->kind = STORE_GET;
+		snprintf(op->key, sizeof op->key, "%s", argv[1]);
+		op->off = strtoull(argv[2], NULL, 0);
+		op->len = strtoull(argv[3], NULL, 0);
+		op->sink = check_sink;
+		rc = store_run(s, op);
+		if (rc == 0 && op->nread != sc->next)
+			rc = err_set(EIO, "nread %llu but the sink saw %llu bytes", (unsigned long long)op->nread,
+				     (unsigned long long)sc->next);
+		if (rc == 0)
+			printf("nread=%llu pieces=%llu\n", (unsigned long long)op->nread, (unsigned long long)sc->pieces);
+		close(sc->fd);
+		free(sc);
 		return rc;
 	}
 	if (!strcmp(cmd, "put") && argc == 3) {

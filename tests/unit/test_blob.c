@@ -284,7 +284,7 @@ static void test_plain_object(struct store *s)
 	 * every byte still lands where it belongs. */
 	for (int co = 1; co <= 8; co += 7) {
 		struct blob_opts o2 = o;
-		o2.coalesce = co;
+		o2.coalesce_bytes = (uint64_t)co * o.plain_chunk_size;
 		o2.jobs = 2;
 		CHECK_RC(blob_open(s, "plain.bin", &o2, &b));
 		CHECK_RC(blob_hydrate_start(b, NULL, 0));
