@@ -816,8 +816,8 @@ int blob_open(struct store *s, const char *key, const struct blob_opts *opts, st
 		b->shift = (unsigned)__builtin_ctzll(cs);
 		b->n = (osize + cs - 1) / cs;
 	}
-	free(probe);
 	if (rc < 0) {
+		free(probe);
 		blob_close(b);
 		return rc;
 	}
@@ -825,6 +825,7 @@ int blob_open(struct store *s, const char *key, const struct blob_opts *opts, st
 	b->state = calloc(b->n ? b->n : 1, 1);
 	b->qprio = calloc(b->n ? b->n : 1, 1);
 	if (!b->state || !b->qprio) {
+		free(probe);
 		blob_close(b);
 		return err_set(ENOMEM, "out of memory for a chunk map of %llu chunks", (unsigned long long)b->n);
 	}
@@ -850,6 +851,23 @@ int blob_open(struct store *s, const char *key, const struct blob_opts *opts, st
 			rc = err_set(ENOMEM, "cannot map %zu bytes for %s", b->mem_len, key);
 		}
 	}
+	/* A plain object's first bytes came with the probe: they are its first
+	 * chunks (same ETag), so a reader starting at 0 need not ask again. */
+	for (uint64_t k = 0; rc == 0 && !b->image && k < b->n && ((k << b->shift) + blob_chunk_len(b, k)) <= got; k++) {
+		if (b->state[k] == C_PRESENT)
+			continue;
+		uint64_t len = blob_chunk_len(b, k);
+		if (b->cache && cache_commit(b->cache, k, probe + (k << b->shift), len) < 0) {
+			log_warn("%s", err_msg()); /* not fatal: the chunk is fetched when read */
+			break;
+		}
+		if (b->mem)
+			memcpy(b->mem + (k << b->shift), probe + (k << b->shift), len);
+		b->state[k] = C_PRESENT;
+		b->present++;
+		b->bytes_fetched += len;
+	}
+	free(probe);
 	if (rc < 0) {
 		blob_close(b);
 		return rc;
