@@ -16,7 +16,7 @@
 struct frow {
 	char path[4096];
 	uint64_t size, nchunks, present_chunks, present_bytes, fetched, fetches, failures, verify_failures;
-	uint64_t cache_hits, inflight, dirty;
+	uint64_t cache_hits, cache_rejects, inflight, dirty;
 	double rate, eta;
 	int open, busy, image, hydrate;
 	char err[ERR_MSG_MAX];
@@ -56,11 +56,14 @@ static int row_of(struct tnode *n, struct frow *r)
 		r->present_bytes = st.chunks_present * st.chunk_size;
 		if (st.nchunks && blob_chunk_present(f->b, st.nchunks - 1))
 			r->present_bytes -= st.chunk_size - blob_chunk_len(f->b, st.nchunks - 1);
+		if (r->present_bytes > st.size) /* a short last chunk still unchecked from the cache */
+			r->present_bytes = st.size;
 		r->fetched += st.bytes_fetched;
 		r->fetches = st.fetches;
 		r->failures = st.fetch_failures;
 		r->verify_failures = st.verify_failures;
 		r->cache_hits = st.cache_hits_at_open;
+		r->cache_rejects = st.cache_rejects;
 		r->inflight = st.inflight;
 		r->dirty = f->ov ? overlay_ndirty(f->ov) : 0;
 		if (r->present_bytes >= r->size)
@@ -126,7 +129,7 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 			json_write_str(o, r.path);
 			fprintf(o, ",\"size\":%llu,\"open\":%s,\"kind\":\"%s\",\"chunks\":%llu,\"chunks_present\":%llu,"
 				   "\"present_bytes\":%llu,\"percent\":%.2f,\"bytes_fetched\":%llu,\"fetches\":%llu,"
-				   "\"fetch_failures\":%llu,\"verify_failures\":%llu,\"cache_hits_at_open\":%llu,"
+				   "\"fetch_failures\":%llu,\"verify_failures\":%llu,\"cache_hits_at_open\":%llu,\"cache_rejects\":%llu,"
 				   "\"inflight\":%llu,\"rate_bps\":%.0f,\"eta_s\":%.1f,\"hydrate\":\"%s\","
 				   "\"dirty_chunks\":%llu,\"errors\":%llu,\"last_error\":",
 				(unsigned long long)r.size, r.open ? "true" : "false",
@@ -136,7 +139,8 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 				r.size ? 100.0 * (double)r.present_bytes / (double)r.size : (r.open ? 100.0 : 0.0),
 				(unsigned long long)r.fetched, (unsigned long long)r.fetches,
 				(unsigned long long)r.failures, (unsigned long long)r.verify_failures,
-				(unsigned long long)r.cache_hits, (unsigned long long)r.inflight, r.rate, r.eta,
+				(unsigned long long)r.cache_hits, (unsigned long long)r.cache_rejects,
+				(unsigned long long)r.inflight, r.rate, r.eta,
 				hydrate_name(r.hydrate), (unsigned long long)r.dirty,
 				(unsigned long long)(n->f ? n->f->nerrors : 0));
 			json_write_str(o, r.err);

@@ -23,7 +23,9 @@
 
 #define WAIT_SHARDS 16
 
-enum cstate { C_ABSENT = 0, C_QUEUED, C_INFLIGHT, C_PRESENT, C_FAILED };
+/* C_CACHED: recorded in a persistent cache at open, not yet checked against
+ * its map entry; C_CHECKING: a reader is checking it (outside the lock). */
+enum cstate { C_ABSENT = 0, C_QUEUED, C_INFLIGHT, C_PRESENT, C_FAILED, C_CACHED, C_CHECKING };
 
 /* A FIFO of chunk indices; entries go stale when a chunk is promoted or
  * settles, and are skipped when popped (cheaper than removal). */
@@ -85,10 +87,12 @@ struct blob {
 	blob_listener listener;
 	void *listener_arg;
 
-	uint64_t present, zero, bytes_fetched, fetches, fetch_failures, verify_failures, cache_hits;
+	uint64_t *csum; /* persistent cache: recorded sums of C_CACHED chunks */
+	uint64_t present, zero, bytes_fetched, fetches, fetch_failures, verify_failures, cache_hits, cache_rejects;
 };
 
 static void dispatch(struct blob *b);
+static void check_cached(struct blob *b, uint64_t idx);
 
 /* Wake the readers of chunk idx (b->mu held). */
 static void wake_chunk(struct blob *b, uint64_t idx)
@@ -553,6 +557,27 @@ void blob_request_range(struct blob *b, uint64_t first, uint64_t last, enum blob
 	pthread_mutex_unlock(&b->mu);
 }
 
+/* First use of a chunk found in the cache at open: check its bytes against
+ * the map (with b->mu held; dropped while reading).  A bad one becomes
+ * absent and is fetched like any other. */
+static void check_cached(struct blob *b, uint64_t idx)
+{
+	b->state[idx] = C_CHECKING;
+	pthread_mutex_unlock(&b->mu);
+	int rc = cache_check(b->cache, idx, b->csum[idx]);
+	if (rc < 0)
+		log_warn("%s; fetching it again", err_msg());
+	pthread_mutex_lock(&b->mu);
+	if (rc == 0) {
+		__atomic_store_n(&b->state[idx], C_PRESENT, __ATOMIC_RELEASE);
+	} else {
+		b->state[idx] = C_ABSENT;
+		b->present--;
+		b->cache_rejects++;
+	}
+	wake_chunk(b, idx);
+}
+
 /* Wait for idx with b->mu held.  A chunk that had failed before this call is
  * tried once more; a failure after that is returned. */
 static int wait_chunk(struct blob *b, uint64_t idx, int prio)
@@ -565,6 +590,10 @@ static int wait_chunk(struct blob *b, uint64_t idx, int prio)
 		uint8_t st = b->state[idx];
 		if (st == C_PRESENT)
 			return 0;
+		if (st == C_CACHED) {
+			check_cached(b, idx);
+			continue;
+		}
 		if (st == C_FAILED) {
 			if (asked)
 				return err_set(EIO, "%s", b->last_err);
@@ -735,6 +764,7 @@ void blob_get_stats(struct blob *b, struct blob_stats *st)
 	st->fetch_failures = b->fetch_failures;
 	st->verify_failures = __atomic_load_n(&b->verify_failures, __ATOMIC_RELAXED);
 	st->cache_hits_at_open = b->cache_hits;
+	st->cache_rejects = b->cache_rejects;
 	st->inflight = (uint64_t)b->inflight;
 	for (int p = 0; p < PRIO_COUNT; p++)
 		st->queued[p] = b->q[p].tail - b->q[p].head;
@@ -837,12 +867,16 @@ int blob_open(struct store *s, const char *key, const struct blob_opts *opts, st
 	b->present = b->zero;
 	if (b->o.cache_dir) {
 		rc = cache_open(b->o.cache_dir, s, key, b->etag, b->size, b->cs, b->o.writable, &b->cache);
+		if (rc == 0 && !(b->csum = calloc(b->n ? b->n : 1, 8)))
+			rc = err_set(ENOMEM, "out of memory for a cache map of %llu chunks", (unsigned long long)b->n);
 		if (rc == 0)
-			rc = cache_load_present(b->cache, b->state, C_PRESENT, b->image ? &b->ix : NULL, &b->cache_hits);
-		if (rc == 0)
-			b->present = 0;
+			rc = cache_load_map(b->cache, b->csum);
 		for (uint64_t i = 0; rc == 0 && i < b->n; i++)
-			b->present += b->state[i] == C_PRESENT;
+			if (b->csum[i] && b->state[i] != C_PRESENT) {
+				b->state[i] = C_CACHED;
+				b->present++;
+				b->cache_hits++;
+			}
 	} else if (b->n) {
 		b->mem_len = (size_t)(b->n << b->shift);
 		b->mem = mmap(NULL, b->mem_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -854,7 +888,7 @@ int blob_open(struct store *s, const char *key, const struct blob_opts *opts, st
 	/* A plain object's first bytes came with the probe: they are its first
 	 * chunks (same ETag), so a reader starting at 0 need not ask again. */
 	for (uint64_t k = 0; rc == 0 && !b->image && k < b->n && ((k << b->shift) + blob_chunk_len(b, k)) <= got; k++) {
-		if (b->state[k] == C_PRESENT)
+		if (b->state[k] == C_PRESENT || b->state[k] == C_CACHED)
 			continue;
 		uint64_t len = blob_chunk_len(b, k);
 		if (b->cache && cache_commit(b->cache, k, probe + (k << b->shift), len) < 0) {
@@ -899,6 +933,7 @@ void blob_close(struct blob *b)
 	free(b->first);
 	free(b->state);
 	free(b->qprio);
+	free(b->csum);
 	img_index_free(&b->ix);
 	free(b);
 }

@@ -17,7 +17,8 @@
  * choice: it installs straight from there) or, with opts.cache_dir, a persistent
  * cache directory (a sparse data file and a chunk map per object version; see
  * cache.h).  A chunk is "present" only after its bytes passed verification and
- * were committed to the backing. */
+ * were committed to the backing; a chunk found in the cache at open counts as
+ * present and is checked against the cache map when it is first used. */
 #ifndef THAW_BLOB_H
 #define THAW_BLOB_H
 
@@ -49,7 +50,8 @@ struct blob_stats {
 	uint64_t chunks_present;   /* including zero chunks */
 	uint64_t bytes_fetched;    /* from the store, this session */
 	uint64_t fetches, fetch_failures, verify_failures;
-	uint64_t cache_hits_at_open; /* chunks found valid in a persistent cache at open */
+	uint64_t cache_hits_at_open; /* chunks recorded in a persistent cache at open */
+	uint64_t cache_rejects;    /* of those, chunks that failed their check on first use */
 	uint64_t inflight;
 	uint64_t queued[PRIO_COUNT];
 };

@@ -139,43 +139,29 @@ fail:
 	return rc;
 }
 
-int cache_load_present(struct cache *c, uint8_t *state, uint8_t present_value, const struct img_index *ix,
-		       uint64_t *hits)
+int cache_load_map(struct cache *c, uint64_t *sums)
 {
-	uint64_t *sums = malloc((c->n ? c->n : 1) * 8);
-	uint8_t *buf = malloc(c->cs);
-	int rc = 0;
-	*hits = 0;
-	if (!sums || !buf) {
-		rc = err_set(ENOMEM, "out of memory reading cache map");
-		goto out;
-	}
-	if (c->n && fsu_pread_full(c->map_fd, sums, c->n * 8, MAP_HDR) < 0) {
-		rc = err_set(EIO, "read cache map in %s", c->dir);
-		goto out;
-	}
-	uint64_t bad = 0;
-	for (uint64_t i = 0; i < c->n; i++) {
-		if (!sums[i] || (ix && ix->map[i] == 0))
-			continue;
-		uint64_t len = c->size - i * c->cs < c->cs ? c->size - i * c->cs : c->cs;
-		if (fsu_pread_full(c->data_fd, buf, len, i * c->cs) == 0 && XXH3_64bits(buf, len) == sums[i]) {
-			state[i] = present_value;
-			(*hits)++;
-			continue;
-		}
-		bad++;
+	if (c->n && fsu_pread_full(c->map_fd, sums, c->n * 8, MAP_HDR) < 0)
+		return err_set(EIO, "read cache map in %s", c->dir);
+	return 0;
+}
+
+int cache_check(struct cache *c, uint64_t idx, uint64_t sum)
+{
+	uint64_t off = idx * c->cs, len = c->size - off < c->cs ? c->size - off : c->cs;
+	uint8_t *buf = malloc(len ? len : 1);
+	if (!buf)
+		return err_set(ENOMEM, "out of memory checking a cached chunk");
+	int rc = fsu_pread_full(c->data_fd, buf, len, off);
+	if (rc < 0) {
+		rc = err_set(-rc, "read cache data in %s: %s", c->dir, strerror(-rc));
+	} else if (XXH3_64bits(buf, len) != sum && !(sum == 1 && XXH3_64bits(buf, len) == 0)) {
 		uint64_t zero = 0;
-		if (pwrite(c->map_fd, &zero, 8, MAP_HDR + 8 * i) != 8) {
-			rc = err_set(errno, "update cache map in %s: %s", c->dir, strerror(errno));
-			goto out;
-		}
+		if (pwrite(c->map_fd, &zero, 8, (off_t)(MAP_HDR + 8 * idx)) != 8)
+			log_warn("cache %s: cannot clear the entry of chunk %llu: %s", c->dir,
+				 (unsigned long long)idx, strerror(errno));
+		rc = err_set(EBADMSG, "cache %s: chunk %llu failed verification", c->dir, (unsigned long long)idx);
 	}
-	if (bad)
-		log_warn("cache %s: %llu chunks failed verification and will be fetched again", c->dir,
-			 (unsigned long long)bad);
-out:
-	free(sums);
 	free(buf);
 	return rc;
 }
@@ -199,7 +185,7 @@ int cache_write(struct cache *c, const void *buf, size_t len, uint64_t off)
 int cache_record(struct cache *c, uint64_t idx, uint64_t sum)
 {
 	if (!sum)
-		sum = 1; /* 0 means absent; a chunk whose hash is 0 just fails verification once */
+		sum = 1; /* 0 means absent; cache_check takes 1 for a chunk whose hash is 0 */
 	pthread_mutex_lock(&c->mu);
 	if (c->npend == c->cap) {
 		size_t nc = c->cap ? c->cap * 2 : 256;

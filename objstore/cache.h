@@ -6,9 +6,9 @@
  *   <root>/<...>/map                             header + one u64 per chunk
  * A map entry is the XXH3-64 of the chunk as committed (0 = absent).  Entries
  * are written only after an fdatasync of the data file has made the chunk's
- * bytes durable (a flusher batches that), and on open every recorded chunk is
- * read back and checked against its entry: a chunk damaged by a crash or by
- * hand is simply fetched again.  A map from another thaw version, or one whose
+ * bytes durable (a flusher batches that), and every recorded chunk is read
+ * back and checked against its entry before its bytes are first served after
+ * an open: a chunk damaged by a crash or by hand is simply fetched again.  A map from another thaw version, or one whose
  * header does not match the object, is discarded and rebuilt. */
 #ifndef THAW_CACHE_H
 #define THAW_CACHE_H
@@ -23,10 +23,14 @@ struct cache;
 
 int cache_open(const char *root, struct store *s, const char *key, const char *etag, uint64_t size,
 	       uint64_t chunk_size, int writable, struct cache **out);
-/* Mark state[i] = present_value for every chunk the cache holds verified
- * bytes of; *hits counts them (zero chunks of an image are not counted). */
-int cache_load_present(struct cache *c, uint8_t *state, uint8_t present_value, const struct img_index *ix,
-		       uint64_t *hits);
+/* The map's entries: sums[i] is chunk i's recorded XXH3-64, 0 if absent.
+ * Nothing is verified here (opening a large cache stays cheap): check a
+ * chunk with cache_check before its bytes are first used. */
+int cache_load_map(struct cache *c, uint64_t *sums);
+/* 0 if chunk idx's bytes in the data file hash to sum; else -EBADMSG (the
+ * entry is cleared, so the chunk counts as absent from now on) or another
+ * error reading them. */
+int cache_check(struct cache *c, uint64_t idx, uint64_t sum);
 /* Write chunk idx's verified bytes; durable (and recorded) at the next flush. */
 int cache_commit(struct cache *c, uint64_t idx, const void *buf, uint64_t len);
 /* The same in two steps, for bytes that arrive as a stream: write any piece

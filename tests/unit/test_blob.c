@@ -343,7 +343,8 @@ static void test_cache(struct store *s)
 	CHECK(atomic_load(&s->stats.gets) - gets0 == 1); /* the index probe only */
 	blob_close(b);
 
-	/* Damage one cached chunk: it is refused at open and fetched again. */
+	/* Damage one cached chunk: it is still recorded at open (opening checks
+	 * nothing), refused on first use and fetched again. */
 	char data[700];
 	snprintf(data, sizeof data, "%s/%s/data", cdir, "");
 	/* find the one object directory */
@@ -357,8 +358,21 @@ static void test_cache(struct store *s)
 	corrupt_file(data, 7);
 	CHECK_RC(blob_open(s, "img", &o, &b));
 	blob_get_stats(b, &st);
-	CHECK(st.cache_hits_at_open == had - 1);
+	CHECK(st.cache_hits_at_open == had && st.cache_rejects == 0);
+	uint64_t f0 = st.fetches;
 	CHECK(blob_read(b, buf, srclen, 0, PRIO_DEMAND) == (ssize_t)srclen && !memcmp(buf, src, srclen));
+	blob_get_stats(b, &st);
+	CHECK(st.cache_rejects == 1);
+	/* the damaged chunk plus the second half never cached */
+	CHECK(st.fetches - f0 == 1 + (st.nchunks - st.chunks_zero - had));
+	blob_close(b);
+	/* The refused chunk was fetched and recorded again: the next open finds all. */
+	CHECK_RC(blob_open(s, "img", &o, &b));
+	blob_get_stats(b, &st);
+	CHECK(st.cache_hits_at_open == st.nchunks - st.chunks_zero);
+	CHECK(blob_read(b, buf, srclen, 0, PRIO_DEMAND) == (ssize_t)srclen && !memcmp(buf, src, srclen));
+	blob_get_stats(b, &st);
+	CHECK(st.cache_rejects == 0 && st.fetches == 0);
 	blob_close(b);
 	free(buf);
 	snprintf(cmd, sizeof cmd, "rm -rf %s", cdir);
