@@ -1007,7 +1007,7 @@ refused:
 static void get_416(struct req *r)
 {
 	struct store_op *op = r->op;
-	op->nread = 0;
+	op->nread = r->base; /* a resumed GET keeps what earlier attempts delivered */
 	op->obj_size = 0;
 	if (r->cr_kind == 3) {
 		op->obj_size = r->cr_total;
