@@ -116,25 +116,16 @@ static void ctl_handle(void *arg, const char *req, FILE *out)
 	}
 }
 
-static void raise_kernel_readahead(const char *mnt, unsigned kb);
-
 static void *ticker_main(void *arg)
 {
 	struct thawfs *fs = arg;
-	int ra_done = !fs->o.kernel_readahead_kb, init_seen = 0;
 	pthread_mutex_lock(&fs->tick_mu);
 	while (!fs->stopping) {
-		struct timespec dl = deadline_after_ms(ra_done ? 1000 : 20);
+		struct timespec dl = deadline_after_ms(1000);
 		pthread_cond_timedwait(&fs->tick_cv, &fs->tick_mu, &dl);
 		if (fs->stopping)
 			break;
 		pthread_mutex_unlock(&fs->tick_mu);
-		/* A tick after INIT was answered (the reply would cap it again). */
-		if (!ra_done && init_seen) {
-			raise_kernel_readahead(fs->mnt_abs, fs->o.kernel_readahead_kb);
-			ra_done = 1;
-		}
-		init_seen = __atomic_load_n(&fs->init_done, __ATOMIC_ACQUIRE);
 		uint64_t now = now_ns(), max = tree_max_ino(&fs->tree);
 		for (uint64_t ino = 1; ino <= max; ino++) {
 			struct tnode *n = tree_get(&fs->tree, ino);
@@ -148,10 +139,14 @@ static void *ticker_main(void *arg)
 }
 
 /* The kernel reads ahead of a FUSE file only 128 KiB at a time (its default
- * for a new bdi, and it caps the INIT reply to that), so a sequential reader
- * costs one round trip per 128 KiB.  Root may raise it for this mount: find
- * the mount's device in mountinfo (a stat of the mountpoint would wait for
- * this very daemon) and write the bdi's read_ahead_kb.  Best effort. */
+ * for a new bdi), so a sequential reader costs one round trip per 128 KiB.
+ * Root may raise it for this mount: find the mount's device in mountinfo (a
+ * stat of the mountpoint would wait for this very daemon) and write the bdi's
+ * read_ahead_kb.  Best effort.  It must happen after mounting and before INIT
+ * is answered: the INIT reply lowers the bdi's value to its max_readahead
+ * (which tl_init raises to match), and a file opened before the raise keeps
+ * 128 KiB for as long as it is open: a reader that starts the moment `thaw
+ * mount` returns would pay 4x the READ round trips. */
 static void raise_kernel_readahead(const char *mnt, unsigned kb)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "r");
@@ -361,6 +356,9 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		else
 			mounted = 1;
 	}
+	/* The session loop has not started: INIT is still unanswered. */
+	if (rc == 0 && fs->o.kernel_readahead_kb)
+		raise_kernel_readahead(fs->mnt_abs, fs->o.kernel_readahead_kb);
 	if (rc == 0 && pthread_create(&fs->ticker, NULL, ticker_main, fs) == 0)
 		fs->ticker_running = 1;
 	if (rc == 0 && o->hydrate) {

@@ -64,6 +64,10 @@ static void tl_init(void *userdata, struct fuse_conn_info *conn)
 	struct thawfs *fs = userdata;
 	conn->max_read = fs->max_read;
 	conn->max_write = BLKSIZE;
+	/* mount.c raised this mount's readahead before INIT; the kernel lowers
+	 * it to the reply's max_readahead, so ask for as much. */
+	if (fs->o.kernel_readahead_kb && conn->max_readahead < fs->o.kernel_readahead_kb << 10)
+		conn->max_readahead = fs->o.kernel_readahead_kb << 10;
 	/* More of the kernel's readahead requests in flight at once. */
 	conn->max_background = 64;
 	conn->congestion_threshold = 48;
