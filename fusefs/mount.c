@@ -7,8 +7,8 @@
  * loop, so libfuse's handler always runs where it can end the loop (the
  * store's and the blobs' threads never see those signals).  Teardown goes
  * control socket and unmount first (users see the mount go away at once,
- * and may mount it again), then the hydrator, the blobs (flushing their
- * caches) and the store. */
+ * and may mount it again), then the opens started ahead of lookups, the
+ * hydrator, the blobs (flushing their caches) and the store. */
 #include <fcntl.h>
 #include <malloc.h>
 #include <signal.h>
@@ -114,6 +114,80 @@ static void ctl_handle(void *arg, const char *req, FILE *out)
 	} else {
 		fprintf(out, "ERR unknown request '%s'\n", req);
 	}
+}
+
+/* Opening a file's blob costs a GET (an image's index may take a second),
+ * then creating its cache, and the kernel's LOOKUP waits for all of it.  The
+ * first reader of a fresh mount usually comes within milliseconds of `thaw
+ * mount` returning, for one of the few files at the root: so those are
+ * opened in the background from the moment the root is listed, and the
+ * GET overlaps the mounting and the reader's own start (a LOOKUP that comes
+ * sooner waits for the same open, never starts a second).  `ls -l` of the
+ * root then finds every size ready, too.  Opening fetches no chunk (a
+ * plain object's first 64 KiB come with its open; an image's chunks wait for
+ * a reader).  Only the first THAW_FUSE_PREOPEN files (default 8, 0 = none)
+ * are opened, a few at a time; a pre-opened blob that is never looked up
+ * stays open until the unmount, like one whose inode the kernel still
+ * remembers. */
+#define PREOPEN_DEFAULT 8
+#define PREOPEN_THREADS 4
+
+struct preopen {
+	struct thawfs *fs;
+	struct tnode **v;
+	size_t n, next;  /* next: the index the next thread takes (atomic) */
+	int stop;        /* atomic */
+	pthread_t th[PREOPEN_THREADS];
+	int nth;
+};
+
+static void *preopen_main(void *arg)
+{
+	struct preopen *po = arg;
+	for (;;) {
+		size_t i = __atomic_fetch_add(&po->next, 1, __ATOMIC_RELAXED);
+		if (i >= po->n || __atomic_load_n(&po->stop, __ATOMIC_ACQUIRE))
+			break;
+		/* A failure is noted on the file (thaw status), and its LOOKUP tries again. */
+		file_probe(po->fs, po->v[i]);
+	}
+	return NULL;
+}
+
+static void preopen_start(struct thawfs *fs, struct preopen *po)
+{
+	memset(po, 0, sizeof *po);
+	po->fs = fs;
+	long max = PREOPEN_DEFAULT;
+	const char *e = getenv("THAW_FUSE_PREOPEN");
+	if (e)
+		max = atol(e);
+	struct tnode *root = fs->tree.root;
+	size_t cap = root->nkids < (size_t)max ? root->nkids : (size_t)max;
+	if (max <= 0 || !cap || !(po->v = calloc(cap, sizeof *po->v)))
+		return;
+	for (size_t i = 0; i < root->nkids && po->n < (size_t)max; i++)
+		if (!root->kids[i]->is_dir)
+			po->v[po->n++] = root->kids[i];
+	while (po->nth < PREOPEN_THREADS && (size_t)po->nth < po->n) {
+		if (pthread_create(&po->th[po->nth], NULL, preopen_main, po)) {
+			log_warn("cannot start a thread to open files ahead of their first lookup");
+			break;
+		}
+		pthread_setname_np(po->th[po->nth], "thaw-preopen");
+		po->nth++;
+	}
+}
+
+/* Opens in progress finish (the store bounds them); no new one starts. */
+static void preopen_stop(struct preopen *po)
+{
+	__atomic_store_n(&po->stop, 1, __ATOMIC_RELEASE);
+	for (int i = 0; i < po->nth; i++)
+		pthread_join(po->th[i], NULL);
+	po->nth = 0;
+	free(po->v);
+	po->v = NULL;
 }
 
 static void *ticker_main(void *arg)
@@ -309,6 +383,7 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		rc = store_open(&fs->url, &fs->scfg, &fs->s);
 	}
 	int tree_ok = 0;
+	struct preopen po = { 0 };
 	if (rc == 0 && (rc = tree_init(&fs->tree, fs->s, &fs->url, &fs->scfg)) == 0) {
 		tree_ok = 1;
 		rc = tree_list(&fs->tree, fs->tree.root);
@@ -323,6 +398,7 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		fs->bo.cache_dir = fs->cache_root;
 		fs->bo.bg_jobs = fs->o.hydrate_jobs > 0 && fs->o.hydrate_jobs < fs->o.jobs ? fs->o.hydrate_jobs : 0;
 		fs->bo.bg_bytes_per_sec = fs->o.hydrate_rate;
+		preopen_start(fs, &po);
 		rc = ctl_server_start(fs->sock_path, ctl_handle, fs, &fs->ctl);
 	}
 	if (rc == 0) {
@@ -407,6 +483,7 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		fuse_session_destroy(fs->se);
 	}
 	fuse_opt_free_args(&args);
+	preopen_stop(&po);
 	hydrator_stop(fs->hy);
 	if (fs->ticker_running) {
 		pthread_mutex_lock(&fs->tick_mu);
