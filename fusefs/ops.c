@@ -207,6 +207,10 @@ static void tl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	ra_init(&h->ra, fs->o.readahead_min, fs->o.readahead_max);
 	fi->fh = (uintptr_t)h;
 	fi->keep_cache = 1;
+	/* FLUSH would only be answered 0 (writes land in the overlay as they
+	 * come; fsync and release make them durable): spare every close(2) the
+	 * round trip. */
+	fi->noflush = 1;
 	if (fuse_reply_open(req, fi) != 0) {
 		/* Interrupted: no release will come for this handle. */
 		file_unpin(fs, n);
