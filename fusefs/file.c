@@ -269,13 +269,11 @@ void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size
 	pthread_mutex_lock(&h->mu);
 	int ra = ra_advance(&h->ra, off, size, fsize, &from, &to);
 	pthread_mutex_unlock(&h->mu);
-	/* The window is queued before the demand is dispatched, so that (for a
-	 * plain object) the demand's GET runs on through the window.  Chunks
-	 * written under --rw come from the overlay and are never fetched. */
+	/* Demand and window are queued together, so that (for a plain object)
+	 * the demand's GET runs on through the window.  Chunks written under
+	 * --rw come from the overlay and are never fetched. */
 	if (!f->ov) {
-		if (ra)
-			blob_request_range(b, from / cs, (to - 1) / cs, PRIO_READAHEAD);
-		blob_request_range(b, first, last, PRIO_DEMAND);
+		blob_request_read(b, first, last, ra ? from / cs : 1, ra ? (to - 1) / cs : 0);
 	} else {
 		for (uint64_t i = ra ? from / cs : 1, e = ra ? (to - 1) / cs : 0; i <= e; i++)
 			if (!overlay_dirty(f->ov, i))

@@ -543,16 +543,21 @@ void blob_request(struct blob *b, uint64_t idx, enum blob_prio prio)
 	pthread_mutex_unlock(&b->mu);
 }
 
-void blob_request_range(struct blob *b, uint64_t first, uint64_t last, enum blob_prio prio)
+/* Queue first..last at prio, without dispatching (b->mu held). */
+static void enqueue_range(struct blob *b, uint64_t first, uint64_t last, int prio)
 {
 	if (last >= b->n)
 		last = b->n - 1;
-	if (!b->n || first > last)
-		return;
-	pthread_mutex_lock(&b->mu);
-	for (uint64_t i = first; i <= last; i++)
+	for (uint64_t i = first; b->n && i <= last; i++)
 		if (b->state[i] != C_PRESENT && (b->state[i] != C_FAILED || prio == PRIO_DEMAND))
 			enqueue(b, i, prio);
+}
+
+void blob_request_read(struct blob *b, uint64_t first, uint64_t last, uint64_t ra_first, uint64_t ra_last)
+{
+	pthread_mutex_lock(&b->mu);
+	enqueue_range(b, first, last, PRIO_DEMAND);
+	enqueue_range(b, ra_first, ra_last, PRIO_READAHEAD);
 	dispatch(b);
 	pthread_mutex_unlock(&b->mu);
 }

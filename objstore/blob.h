@@ -82,9 +82,10 @@ int blob_chunk_present(const struct blob *b, uint64_t idx);
 /* Ask for chunk idx at prio; returns at once.  A chunk whose fetch failed is
  * tried again only for PRIO_DEMAND (one attempt per call). */
 void blob_request(struct blob *b, uint64_t idx, enum blob_prio prio);
-/* The same for chunks first..last, queued together so that a plain object's
- * neighbours can share one ranged GET. */
-void blob_request_range(struct blob *b, uint64_t first, uint64_t last, enum blob_prio prio);
+/* A reader's chunks first..last at PRIO_DEMAND and its readahead window
+ * ra_first..ra_last (none if ra_first > ra_last) at PRIO_READAHEAD, queued
+ * together so one GET can run from the demand on through the window. */
+void blob_request_read(struct blob *b, uint64_t first, uint64_t last, uint64_t ra_first, uint64_t ra_last);
 /* Make chunk idx present and wait for it (or its failure).  0 or <0 + err_msg. */
 int blob_ensure(struct blob *b, uint64_t idx, enum blob_prio prio);
 /* Read [off, off+len) (clipped at the end of the blob), fetching what is missing
