@@ -132,8 +132,11 @@ unmount
 # --- a store that fails ---
 head -c $((8 << 20)) /dev/urandom >"$T/src/p2"
 curl -sf -T "$T/src/p2" "$UP/vm/p2.bin" >/dev/null || fail "put p2"
+curl -sf -T /dev/null "$UP/vm/empty.bin" >/dev/null || fail "put empty"
 rm -rf "$C"
 "$THAW" mount "s3://$B/vm" "$M" --cache "$C" || fail "mount for faults"
+# An empty object reads as empty at once (s3rver answers its range GET oddly).
+[ "$(timeout -k 2 5 cat "$M/empty.bin" | wc -c)" = 0 ] || fail "empty.bin did not read as empty within 5 s"
 # A long ranged GET is published chunk by chunk: a reader at its head is not
 # held up by its tail.  (The first read asks for chunks 1-3 plus a 1 MiB
 # window, one GET of ~1.2 MiB; the proxy sends half of it, then pauses 4 s.)

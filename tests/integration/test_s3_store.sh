@@ -236,6 +236,14 @@ grep -q 'retries=2' "$T/err" || fail "expected 2 retries in the multipart put: $
 ctl clear
 run "$C" "$S" get big2 0 30000000 "$T/got"; cmp -s "$T/big" "$T/got" || fail "big2 differs"
 
+# --- an empty object asked for a range (s3rver: 206 "bytes 0-0/0" and no body) ----------
+: >"$T/empty"
+run "$C" "$S" put empty "$T/empty"; [ $rc = 0 ] || fail "put empty: $(cat "$T/err")"
+t0=$(date +%s%N)
+run "$C" "$S" get empty 0 65536 "$T/got"; [ $rc = 0 ] || fail "ranged GET of an empty object: $(cat "$T/err")"
+[ "$(field nread)" = 0 ] && [ "$(field size)" = 0 ] || fail "empty object: $(cat "$T/out")"
+[ $(( ($(date +%s%N) - t0) / 1000000 )) -lt 2000 ] || fail "a ranged GET of an empty object was retried"
+
 # --- a GET cut short resumes after the bytes it kept --------------------------------------
 # short_body sends half the body and hangs up: the retry must ask only for the
 # rest (the proxy logs its Range) and the bytes must come out right, with a
