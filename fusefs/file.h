@@ -3,10 +3,11 @@
  * answer the kernel.
  *
  * A file's blob is opened on first lookup (so stat shows an image's logical
- * size, not its index's) and stays open while the kernel remembers the inode
- * or anyone uses it (an open handle, the hydrator); then it is closed, and
- * the next lookup opens it again - from the persistent cache, which verifies
- * what it holds. */
+ * size, not its index's), or for the files at the mount's root already in
+ * the background at mount (mount.c), and stays open while the kernel
+ * remembers the inode or anyone uses it (an open handle, the hydrator); then
+ * it is closed, and the next lookup opens it again - from the persistent
+ * cache, whose chunks are checked on first use. */
 #ifndef THAW_FUSEFS_FILE_H
 #define THAW_FUSEFS_FILE_H
 

@@ -41,7 +41,6 @@ struct thawfs {
 	int splice;               /* reply with file descriptors (splice) where we can */
 	size_t splice_max;        /* largest reply libfuse can splice (its pipe's size) */
 	unsigned max_read;        /* largest read the kernel sends */
-	int init_done;            /* the kernel's INIT has been answered (atomic) */
 
 	/* The 1 Hz ticker: rates for status, overlay syncs. */
 	pthread_t ticker;

@@ -80,7 +80,6 @@ static void tl_init(void *userdata, struct fuse_conn_info *conn)
 	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 	if (conn->capable & FUSE_CAP_ASYNC_READ)
 		conn->want |= FUSE_CAP_ASYNC_READ;
-	__atomic_store_n(&fs->init_done, 1, __ATOMIC_RELEASE);
 }
 
 static void tl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
