@@ -272,61 +272,77 @@ static int start_fetch(struct blob *b, uint64_t idx, uint64_t count, int prio)
 	return 0;
 }
 
-/* A streamed fetch finished chunk k: record it and let its readers go. */
-static int publish(struct blob *b, struct fetch *f, uint64_t k)
+/* A streamed fetch finished chunks k..k+n-1 (sums: their XXH3-64 for the
+ * cache map): record them and let their readers go, under one lock. */
+static int publish(struct blob *b, struct fetch *f, uint64_t k, uint64_t n, const uint64_t *sums)
 {
 	if (b->cache) {
-		int rc = cache_record(b->cache, k, XXH3_64bits_digest(f->hs));
+		int rc = cache_record_run(b->cache, k, sums, n);
 		if (rc < 0)
 			return rc;
 	}
+	uint64_t bytes = ((n - 1) << b->shift) + blob_chunk_len(b, k + n - 1);
 	pthread_mutex_lock(&b->mu);
-	__atomic_store_n(&b->state[k], C_PRESENT, __ATOMIC_RELEASE);
-	b->present++;
-	b->bytes_fetched += blob_chunk_len(b, k);
-	f->published++;
-	wake_chunk(b, k);
+	for (uint64_t i = k; i < k + n; i++) {
+		__atomic_store_n(&b->state[i], C_PRESENT, __ATOMIC_RELEASE);
+		wake_chunk(b, i);
+	}
+	b->present += n;
+	b->bytes_fetched += bytes;
+	f->published += n;
 	blob_listener fn = b->listener;
 	void *arg = b->listener_arg;
 	pthread_mutex_unlock(&b->mu);
-	if (fn)
-		fn(arg, k, 0);
+	for (uint64_t i = k; fn && i < k + n; i++)
+		fn(arg, i, 0);
 	return 0;
 }
 
+#define SINK_BATCH 64
+
 /* The store's sink for a plain object's ranged GET: body bytes go straight
- * into the backing (no staging buffer), and each chunk is published the
- * moment its last byte is written.  The store passes every byte once, in
+ * into the backing (no staging buffer), and each chunk is published as soon
+ * as the piece that completes it has been written (chunks completed by one
+ * piece are published together).  The store passes every byte once, in
  * order, after checking the answer against the pinned ETag. */
 static int fetch_sink(struct store_op *op, uint64_t pos, const void *p, size_t n)
 {
 	struct fetch *f = op->arg;
 	struct blob *b = f->b;
 	uint64_t at = op->off + pos;
+	if (b->cache) {
+		int rc = cache_write(b->cache, p, n, at);
+		if (rc < 0)
+			return rc;
+	} else {
+		memcpy(b->mem + at, p, n);
+	}
 	const uint8_t *q = p;
+	uint64_t sums[SINK_BATCH], done_first = 0, ndone = 0;
 	while (n) {
 		uint64_t k = at >> b->shift, start = k << b->shift, end = start + blob_chunk_len(b, k);
 		size_t take = n < end - at ? n : (size_t)(end - at);
 		if (b->cache) {
-			int rc = cache_write(b->cache, q, take, at);
-			if (rc < 0)
-				return rc;
 			if (at == start)
 				XXH3_64bits_reset(f->hs);
 			XXH3_64bits_update(f->hs, q, take);
-		} else {
-			memcpy(b->mem + at, q, take);
 		}
 		at += take;
 		q += take;
 		n -= take;
-		if (at == end) {
-			int rc = publish(b, f, k);
+		if (at != end)
+			continue;
+		if (!ndone)
+			done_first = k;
+		sums[ndone++] = b->cache ? XXH3_64bits_digest(f->hs) : 0;
+		if (ndone == SINK_BATCH) {
+			int rc = publish(b, f, done_first, ndone, sums);
 			if (rc < 0)
 				return rc;
+			ndone = 0;
 		}
 	}
-	return 0;
+	return ndone ? publish(b, f, done_first, ndone, sums) : 0;
 }
 
 /* Check what arrived; 0 if the bytes may be used. */
@@ -583,11 +599,11 @@ static void check_cached(struct blob *b, uint64_t idx)
 	wake_chunk(b, idx);
 }
 
-/* Wait for idx with b->mu held.  A chunk that had failed before this call is
- * tried once more; a failure after that is returned. */
-static int wait_chunk(struct blob *b, uint64_t idx, int prio)
+/* Wait for idx with b->mu held.  Unless the caller has just asked for it
+ * (asked), a chunk that had failed before this call is tried once more; a
+ * failure after that is returned. */
+static int wait_chunk(struct blob *b, uint64_t idx, int prio, int asked)
 {
-	int asked = 0;
 	/* Never wait forever: the store bounds each attempt, this bounds the wait. */
 	uint64_t limit_ms = b->s->cfg.max_total_ms * 3 + b->s->cfg.stall_timeout_ms + 5000;
 	struct timespec dl = deadline_after_ms(limit_ms);
@@ -620,6 +636,17 @@ static int wait_chunk(struct blob *b, uint64_t idx, int prio)
 	}
 }
 
+int blob_wait_requested(struct blob *b, uint64_t idx)
+{
+	if (blob_chunk_present(b, idx))
+		return 0;
+	pthread_mutex_lock(&b->mu);
+	int rc = idx < b->n ? wait_chunk(b, idx, PRIO_DEMAND, 1)
+			    : err_set(EINVAL, "chunk %llu beyond the end of %s", (unsigned long long)idx, b->key);
+	pthread_mutex_unlock(&b->mu);
+	return rc;
+}
+
 int blob_ensure(struct blob *b, uint64_t idx, enum blob_prio prio)
 {
 	if (idx >= b->n)
@@ -628,7 +655,7 @@ int blob_ensure(struct blob *b, uint64_t idx, enum blob_prio prio)
 	if (blob_chunk_present(b, idx))
 		return 0;
 	pthread_mutex_lock(&b->mu);
-	int rc = wait_chunk(b, idx, prio);
+	int rc = wait_chunk(b, idx, prio, 0);
 	pthread_mutex_unlock(&b->mu);
 	return rc;
 }
@@ -653,7 +680,9 @@ ssize_t blob_read(struct blob *b, void *buf, size_t len, uint64_t off, enum blob
 				enqueue(b, i, prio);
 		dispatch(b);
 		for (uint64_t i = first; i <= last; i++) {
-			int rc = wait_chunk(b, i, prio);
+			/* Asked for just above: a failure now is this read's answer,
+			 * not a reason for a second attempt. */
+			int rc = wait_chunk(b, i, prio, 1);
 			if (rc < 0) {
 				pthread_mutex_unlock(&b->mu);
 				return rc;

@@ -88,6 +88,10 @@ void blob_request(struct blob *b, uint64_t idx, enum blob_prio prio);
 void blob_request_read(struct blob *b, uint64_t first, uint64_t last, uint64_t ra_first, uint64_t ra_last);
 /* Make chunk idx present and wait for it (or its failure).  0 or <0 + err_msg. */
 int blob_ensure(struct blob *b, uint64_t idx, enum blob_prio prio);
+/* Wait for chunk idx, which the caller has just asked for at PRIO_DEMAND
+ * (blob_request, blob_request_read): its failure is returned, never tried a
+ * second time for the same read. */
+int blob_wait_requested(struct blob *b, uint64_t idx);
 /* Read [off, off+len) (clipped at the end of the blob), fetching what is missing
  * at prio.  Returns bytes read or <0 + err_msg.  Never returns unverified bytes. */
 ssize_t blob_read(struct blob *b, void *buf, size_t len, uint64_t off, enum blob_prio prio);

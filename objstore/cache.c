@@ -182,13 +182,13 @@ int cache_write(struct cache *c, const void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-int cache_record(struct cache *c, uint64_t idx, uint64_t sum)
+int cache_record_run(struct cache *c, uint64_t idx, const uint64_t *sums, size_t n)
 {
-	if (!sum)
-		sum = 1; /* 0 means absent; cache_check takes 1 for a chunk whose hash is 0 */
 	pthread_mutex_lock(&c->mu);
-	if (c->npend == c->cap) {
-		size_t nc = c->cap ? c->cap * 2 : 256;
+	if (c->npend + n > c->cap) {
+		size_t nc = c->cap ? c->cap : 256;
+		while (nc < c->npend + n)
+			nc *= 2;
 		uint64_t *a = realloc(c->pend_idx, nc * 8), *b2 = a ? realloc(c->pend_sum, nc * 8) : NULL;
 		if (a)
 			c->pend_idx = a;
@@ -200,10 +200,18 @@ int cache_record(struct cache *c, uint64_t idx, uint64_t sum)
 		}
 		c->cap = nc;
 	}
-	c->pend_idx[c->npend] = idx;
-	c->pend_sum[c->npend++] = sum;
+	for (size_t i = 0; i < n; i++) {
+		c->pend_idx[c->npend] = idx + i;
+		/* 0 means absent; cache_check takes 1 for a chunk whose hash is 0 */
+		c->pend_sum[c->npend++] = sums[i] ? sums[i] : 1;
+	}
 	pthread_mutex_unlock(&c->mu);
 	return 0;
+}
+
+int cache_record(struct cache *c, uint64_t idx, uint64_t sum)
+{
+	return cache_record_run(c, idx, &sum, 1);
 }
 
 int cache_commit(struct cache *c, uint64_t idx, const void *buf, uint64_t len)

@@ -38,6 +38,8 @@ int cache_commit(struct cache *c, uint64_t idx, const void *buf, uint64_t len);
  * with the XXH3-64 of them (sum_of makes 0 a valid hash). */
 int cache_write(struct cache *c, const void *buf, size_t len, uint64_t off);
 int cache_record(struct cache *c, uint64_t idx, uint64_t xxh3_64);
+/* The same for chunks idx..idx+n-1. */
+int cache_record_run(struct cache *c, uint64_t idx, const uint64_t *sums, size_t n);
 int cache_read(struct cache *c, void *buf, size_t len, uint64_t off);
 /* Make every committed chunk durable and recorded now. */
 int cache_flush(struct cache *c);
