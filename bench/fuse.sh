@@ -144,7 +144,7 @@ measure() { # TOOL -> res/TOOL: ttfb_ms seq_MBps warm_MBps rand_total_s p50_ms p
 t = time.perf_counter()
 with open(sys.argv[1], "rb") as f:
     f.read(1)
-print((time.perf_counter() - t) * 1000)' "$(file_of "$tool")") || die "$tool: first byte
+print((time.perf_counter() - t) * 1000)' "$(file_of "$tool")") || die "$tool: first byte"
 	unmount_tool "$tool"
 
 	log "$tool: cold sequential read of $MB MiB"
