@@ -66,7 +66,9 @@ static void mount_usage(FILE *f)
 		"Unmount with `fusermount3 -u MOUNTPOINT`, or SIGINT/SIGTERM to the daemon.\n"
 		"`thaw status MOUNTPOINT` talks to the mount through a Unix socket (mode 0600) in\n"
 		"$XDG_RUNTIME_DIR/thaw/ (else /tmp/thaw-UID/), named after the mountpoint; the\n"
-		"daemon's log is next to it (mnt-*.log).  THAW_LOG=debug|info|warn sets its level.\n");
+		"daemon's log is next to it (mnt-*.log).  THAW_LOG=debug|info|warn sets its level.\n"
+		"The first THAW_FUSE_PREOPEN files at the mount's root (default 8, 0 = none) are\n"
+		"opened in the background at mount, so a first read does not wait for the probe GET.\n");
 }
 
 static int default_cache(char *out, size_t n)
