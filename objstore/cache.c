@@ -23,13 +23,21 @@ struct cache {
 	int data_fd, map_fd;
 	uint64_t size, cs, n;
 	pthread_mutex_t mu;
-	pthread_cond_t cv;
 	uint64_t *pend_idx, *pend_sum; /* committed, not yet durable */
 	size_t npend, cap;
-	int stop;
-	pthread_t flusher;
-	int flush_err;
+	struct cache *next;  /* on the flusher's list */
+	int flushing;        /* the flusher is working on it (flush_mu) */
 };
+
+/* One flusher thread for every cache in the process, not one per open
+ * object: a mount that has touched thousands of files keeps thousands of
+ * caches open.  Every 200 ms it makes each cache's committed chunks durable
+ * and records them. */
+static pthread_mutex_t flush_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t flush_cv = PTHREAD_COND_INITIALIZER;
+static struct cache *flush_list;
+static struct cache *flush_next; /* where the flusher's walk goes on */
+static int flusher_started;
 
 static void make_header(struct cache *c, const char *loc, const char *etag, uint8_t *h)
 {
@@ -47,17 +55,64 @@ static void make_header(struct cache *c, const char *loc, const char *etag, uint
 
 static void *flusher_main(void *arg)
 {
-	struct cache *c = arg;
-	pthread_mutex_lock(&c->mu);
-	while (!c->stop) {
+	(void)arg;
+	pthread_mutex_lock(&flush_mu);
+	for (;;) {
 		struct timespec dl = deadline_after_ms(200);
-		pthread_cond_timedwait(&c->cv, &c->mu, &dl);
-		pthread_mutex_unlock(&c->mu);
-		cache_flush(c);
-		pthread_mutex_lock(&c->mu);
+		pthread_cond_timedwait(&flush_cv, &flush_mu, &dl);
+		/* Walk the list one cache at a time, without holding the lock over
+		 * an fdatasync; cache_close waits for the cache it removes. */
+		for (struct cache *c = flush_list; c; c = flush_next) {
+			flush_next = c->next; /* flusher_remove moves it on past a cache it takes out */
+			c->flushing = 1;
+			pthread_mutex_unlock(&flush_mu);
+			cache_flush(c);
+			pthread_mutex_lock(&flush_mu);
+			c->flushing = 0;
+			pthread_cond_broadcast(&flush_cv);
+		}
 	}
-	pthread_mutex_unlock(&c->mu);
 	return NULL;
+}
+
+/* Put c on the flusher's list, starting the flusher the first time. */
+static int flusher_add(struct cache *c)
+{
+	pthread_mutex_lock(&flush_mu);
+	if (!flusher_started) {
+		pthread_t th;
+		pthread_attr_t at;
+		pthread_attr_init(&at);
+		pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+		int e = pthread_create(&th, &at, flusher_main, NULL);
+		pthread_attr_destroy(&at);
+		if (e) {
+			pthread_mutex_unlock(&flush_mu);
+			return err_set(e, "cannot start the cache flusher: %s", strerror(e));
+		}
+		pthread_setname_np(th, "thaw-flush");
+		flusher_started = 1;
+	}
+	c->next = flush_list;
+	flush_list = c;
+	pthread_mutex_unlock(&flush_mu);
+	return 0;
+}
+
+/* Take c off the list; on return the flusher is not touching it. */
+static void flusher_remove(struct cache *c)
+{
+	pthread_mutex_lock(&flush_mu);
+	for (struct cache **pp = &flush_list; *pp; pp = &(*pp)->next)
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	if (flush_next == c)
+		flush_next = c->next;
+	while (c->flushing)
+		pthread_cond_wait(&flush_cv, &flush_mu);
+	pthread_mutex_unlock(&flush_mu);
 }
 
 int cache_open(const char *root, struct store *s, const char *key, const char *etag, uint64_t size,
@@ -77,7 +132,6 @@ int cache_open(const char *root, struct store *s, const char *key, const char *e
 	c->n = (size + chunk_size - 1) / chunk_size;
 	c->data_fd = c->map_fd = -1;
 	pthread_mutex_init(&c->mu, NULL);
-	pthread_cond_init(&c->cv, NULL);
 	int rc = fsu_mkdir_p(c->dir, 0700);
 	if (rc < 0) {
 		free(c);
@@ -119,11 +173,8 @@ int cache_open(const char *root, struct store *s, const char *key, const char *e
 		rc = err_set(errno, "open cache data %s: %s", p, strerror(errno));
 		goto fail;
 	}
-	if (pthread_create(&c->flusher, NULL, flusher_main, c)) {
-		rc = err_set(EAGAIN, "cannot start the cache flusher");
+	if ((rc = flusher_add(c)) < 0)
 		goto fail;
-	}
-	pthread_setname_np(c->flusher, "thaw-flush");
 	free(want);
 	free(have);
 	*out = c;
@@ -262,11 +313,7 @@ int cache_data_fd(const struct cache *c) { return c->data_fd; }
 
 void cache_close(struct cache *c)
 {
-	pthread_mutex_lock(&c->mu);
-	c->stop = 1;
-	pthread_cond_signal(&c->cv);
-	pthread_mutex_unlock(&c->mu);
-	pthread_join(c->flusher, NULL);
+	flusher_remove(c);
 	cache_flush(c);
 	close(c->data_fd);
 	close(c->map_fd);
