@@ -269,13 +269,18 @@ void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size
 	pthread_mutex_lock(&h->mu);
 	int ra = ra_advance(&h->ra, off, size, fsize, &from, &to);
 	pthread_mutex_unlock(&h->mu);
+	uint64_t ra_first = 1, ra_last = 0; /* none */
+	if (ra) {
+		ra_first = from / cs;
+		ra_last = (to - 1) / cs;
+	}
 	/* Demand and window are queued together, so that (for a plain object)
 	 * the demand's GET runs on through the window.  Chunks written under
 	 * --rw come from the overlay and are never fetched. */
 	if (!f->ov) {
-		blob_request_read(b, first, last, ra ? from / cs : 1, ra ? (to - 1) / cs : 0);
+		blob_request_read(b, first, last, ra_first, ra_last);
 	} else {
-		for (uint64_t i = ra ? from / cs : 1, e = ra ? (to - 1) / cs : 0; i <= e; i++)
+		for (uint64_t i = ra_first; i <= ra_last; i++)
 			if (!overlay_dirty(f->ov, i))
 				blob_request(b, i, PRIO_READAHEAD);
 		for (uint64_t i = first; i <= last; i++)

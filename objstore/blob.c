@@ -93,6 +93,7 @@ struct blob {
 
 static void dispatch(struct blob *b);
 static void check_cached(struct blob *b, uint64_t idx);
+static void enqueue_range(struct blob *b, uint64_t first, uint64_t last, int prio);
 
 /* Wake the readers of chunk idx (b->mu held). */
 static void wake_chunk(struct blob *b, uint64_t idx)
@@ -551,15 +552,14 @@ void blob_request(struct blob *b, uint64_t idx, enum blob_prio prio)
 	if (idx >= b->n || blob_chunk_present(b, idx))
 		return;
 	pthread_mutex_lock(&b->mu);
-	/* A failed chunk gets one new attempt per demand (as blob_ensure does),
-	 * never from readahead or background work, which would retry forever. */
-	if (b->state[idx] != C_FAILED || prio == PRIO_DEMAND)
-		enqueue(b, idx, prio);
+	enqueue_range(b, idx, idx, prio);
 	dispatch(b);
 	pthread_mutex_unlock(&b->mu);
 }
 
-/* Queue first..last at prio, without dispatching (b->mu held). */
+/* Queue first..last at prio, without dispatching (b->mu held).  A failed
+ * chunk gets one new attempt per demand (as blob_ensure does), never from
+ * readahead or background work, which would retry forever. */
 static void enqueue_range(struct blob *b, uint64_t first, uint64_t last, int prio)
 {
 	if (last >= b->n)

@@ -204,9 +204,10 @@ int cache_check(struct cache *c, uint64_t idx, uint64_t sum)
 	if (!buf)
 		return err_set(ENOMEM, "out of memory checking a cached chunk");
 	int rc = fsu_pread_full(c->data_fd, buf, len, off);
+	uint64_t h = rc < 0 ? 0 : XXH3_64bits(buf, len);
 	if (rc < 0) {
 		rc = err_set(-rc, "read cache data in %s: %s", c->dir, strerror(-rc));
-	} else if (XXH3_64bits(buf, len) != sum && !(sum == 1 && XXH3_64bits(buf, len) == 0)) {
+	} else if (h != sum && !(sum == 1 && h == 0)) {
 		uint64_t zero = 0;
 		if (pwrite(c->map_fd, &zero, 8, (off_t)(MAP_HDR + 8 * idx)) != 8)
 			log_warn("cache %s: cannot clear the entry of chunk %llu: %s", c->dir,

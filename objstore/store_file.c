@@ -20,8 +20,9 @@
 #include "../common/timeutil.h"
 #include "store.h"
 
-#define FILE_SINK_PIECE (1u << 20) /* a sink is fed this much at a time */
 #include "../common/fsutil.h"
+
+#define FILE_SINK_PIECE (1u << 20) /* a sink is fed this much at a time */
 
 struct fstore {
 	pthread_mutex_t mu;
@@ -101,32 +102,25 @@ static void do_get(struct store *s, struct store_op *op)
 			continue;
 		if (n < 0) {
 			errno_fail(op, "read", path);
-			free(bounce);
-			close(fd);
-			return;
+			goto out;
 		}
 		if (n == 0) {
 			store_op_fail(op, -EIO, "%s: file shrank while reading (%llu of %llu bytes)", path,
 				      (unsigned long long)got, (unsigned long long)want);
-			free(bounce);
-			close(fd);
-			return;
+			goto out;
 		}
-		if (op->sink) {
-			int rc = op->sink(op, got, dst, (size_t)n);
-			if (rc < 0) {
-				store_op_fail(op, rc, "%s", err_msg());
-				free(bounce);
-				close(fd);
-				return;
-			}
+		int rc = op->sink ? op->sink(op, got, dst, (size_t)n) : 0;
+		if (rc < 0) {
+			store_op_fail(op, rc, "%s", err_msg());
+			goto out;
 		}
 		got += (uint64_t)n;
 	}
-	free(bounce);
-	close(fd);
 	op->nread = got;
 	atomic_fetch_add(&s->stats.bytes_in, got);
+out:
+	free(bounce);
+	close(fd);
 }
 
 static void do_head(struct store *s, struct store_op *op)

@@ -522,6 +522,16 @@ static void parse_content_range(struct req *r, const char *v)
 	}
 }
 
+/* An empty object asked for a range: s3rver answers 206 "bytes 0-0/0" with a
+ * Content-Length of 1 and no body, which curl reports as a short transfer.
+ * The Content-Range already says everything: zero bytes, size 0. */
+static int is_empty_answer(const struct req *r)
+{
+	return r->kind == R_GET && r->status == 206 && r->cr_kind == 1 && r->cr_total == 0 && !r->got;
+}
+
+static int get_check(struct req *r);
+
 static size_t on_header(char *buf, size_t size, size_t nmemb, void *arg)
 {
 	struct req *r = arg;
@@ -536,11 +546,13 @@ static size_t on_header(char *buf, size_t size, size_t nmemb, void *arg)
 			r->status = strtol(sp + 1, NULL, 10);
 		return len;
 	}
-	if (len <= 2 && r->kind == R_GET && r->status == 206 && r->cr_kind == 1 && r->cr_total == 0)
+	if (len <= 2 && is_empty_answer(r)) {
 		/* End of the headers of an empty object's range answer (see
-		 * get_empty): there is nothing to wait for, whatever the
-		 * Content-Length claims. */
+		 * is_empty_answer): nothing to wait for, whatever the
+		 * Content-Length claims; the usual checks (ETag pin) still apply. */
+		get_check(r);
 		return 0;
+	}
 	size_t n = len < sizeof line - 1 ? len : sizeof line - 1;
 	memcpy(line, buf, n);
 	line[n] = 0;
@@ -947,6 +959,14 @@ static void curl_error(struct s3 *x, struct req *r, CURLcode res)
 	}
 }
 
+/* The answer's ETag was not the one the bytes are pinned to. */
+static void fail_stale(struct s3 *x, struct req *r)
+{
+	const char *want = r->op->if_match[0] ? r->op->if_match : r->pin;
+	req_fail(r, -ESTALE, "s3://%s/%s changed while reading (ETag %s, expected %s)", x->s->url.root, r->key,
+		 r->etag[0] ? r->etag : "none", want);
+}
+
 /* A 2xx answer to a GET: did we get every byte the answer promised? */
 static void get_done(struct s3 *x, struct req *r)
 {
@@ -1000,8 +1020,7 @@ static void get_done(struct s3 *x, struct req *r)
 	return;
 refused:
 	if (r->stale) {
-		req_fail(r, -ESTALE, "s3://%s/%s changed while reading (ETag %s, expected %s)", x->s->url.root, r->key,
-			 r->etag[0] ? r->etag : "none", op->if_match);
+		fail_stale(x, r);
 		return;
 	}
 	req_fail(r, -EIO, "s3://%s/%s: GET: %s", x->s->url.root, r->key, r->bad_msg);
@@ -1024,26 +1043,6 @@ static void get_416(struct req *r)
 	req_ok(r);
 }
 
-/* An empty object asked for a range: s3rver answers 206 "bytes 0-0/0" with a
- * Content-Length of 1 and no body, which curl reports as a short transfer.
- * The Content-Range already says everything: zero bytes, size 0. */
-static int get_empty(struct s3 *x, struct req *r)
-{
-	if (r->kind != R_GET || r->status != 206 || r->cr_kind != 1 || r->cr_total != 0 || r->got)
-		return 0;
-	struct store_op *op = r->op;
-	const char *want = op->if_match[0] ? op->if_match : r->pin;
-	if (want[0] && strcmp(r->etag, want)) {
-		req_fail(r, -ESTALE, "s3://%s/%s changed while reading (ETag %s, expected %s)", x->s->url.root,
-			 r->key, r->etag[0] ? r->etag : "none", want);
-		return 1;
-	}
-	op->nread = r->base;
-	op->obj_size = 0;
-	req_ok(r);
-	return 1;
-}
-
 static void attempt_done(struct s3 *x, struct req *r, CURLcode res)
 {
 	const char *bucket = x->s->url.root;
@@ -1053,14 +1052,15 @@ static void attempt_done(struct s3 *x, struct req *r, CURLcode res)
 	r->hdrs = NULL;
 
 	if (r->stale) {
-		req_fail(r, -ESTALE, "s3://%s/%s changed while reading (ETag %s, expected %s)", bucket, r->key,
-			 r->etag[0] ? r->etag : "none", r->op->if_match);
+		fail_stale(x, r);
 	} else if (r->bad && r->sink_rc) {
 		req_fail(r, r->sink_rc, "%s", r->bad_msg);
 	} else if (r->bad) {
 		req_fail(r, -EIO, "s3://%s/%s: %s: %s", bucket, r->key, rkind_name[r->kind], r->bad_msg);
-	} else if (get_empty(x, r)) {
-		/* answered */
+	} else if (r->checked && is_empty_answer(r)) {
+		r->op->nread = r->base;
+		r->op->obj_size = 0;
+		req_ok(r);
 	} else if (res != CURLE_OK && !(res == CURLE_WRITE_ERROR && r->enough)) {
 		curl_error(x, r, res);
 	} else if (r->status >= 200 && r->status < 300) {
