@@ -237,6 +237,49 @@ static int read_mixed(struct tfile *f, uint8_t *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+int file_open_mode(struct thawfs *fs, struct tnode *n, int writable)
+{
+	struct tfile *f = n->f; /* pinned by the caller */
+	int id = 0;
+	pthread_mutex_lock(&f->mu);
+	if (f->pt_opens > 0) {
+		id = f->pt_id;
+		f->pt_opens++;
+		f->pt_total++;
+	} else if (!writable && !fs->o.rw && f->cached_opens == 0 && f->b && blob_size(f->b) &&
+		   blob_complete_checked(f->b) && (!f->ov || overlay_ndirty(f->ov) == 0) &&
+		   __atomic_load_n(&fs->pt.on, __ATOMIC_ACQUIRE)) {
+		id = pt_backing_open(fs, blob_cache_fd(f->b));
+		if (id > 0) {
+			f->pt_id = id;
+			f->pt_opens = 1;
+			f->pt_total++;
+		} else {
+			log_debug("%s: served by this process: %s", n->key, err_msg());
+			id = 0;
+		}
+	}
+	if (id == 0)
+		f->cached_opens++;
+	pthread_mutex_unlock(&f->mu);
+	return id;
+}
+
+void file_open_done(struct thawfs *fs, struct tnode *n, int pt_id)
+{
+	struct tfile *f = n->f;
+	pthread_mutex_lock(&f->mu);
+	if (pt_id > 0) {
+		if (--f->pt_opens == 0) {
+			pt_backing_close(fs, f->pt_id);
+			f->pt_id = 0;
+		}
+	} else {
+		f->cached_opens--;
+	}
+	pthread_mutex_unlock(&f->mu);
+}
+
 /* Compare the derived cache data file with what the blob reads, once. */
 static int check_data_fd(struct tfile *f, uint64_t off, size_t len)
 {
@@ -254,6 +297,7 @@ void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size
 {
 	struct tfile *f = h->n->f; /* pinned by the handle: blob and overlay stay */
 	struct blob *b = f->b;
+	__atomic_add_fetch(&f->reads, 1, __ATOMIC_RELAXED);
 	uint64_t fsize = blob_size(b);
 	if (off >= fsize || !size) {
 		fuse_reply_buf(req, NULL, 0);

@@ -25,6 +25,12 @@ struct tfile {
 	int users;              /* open handles + hydrator pins */
 	int data_fd;            /* the cache's data file for splicing, or -1 */
 	int fd_checked;         /* data_fd vs blob_read: 0 not yet, 1 same bytes, -1 differ */
+	/* The kernel keeps an inode either in passthrough or in cached mode while
+	 * it is open, never both (an open asking for the other mode fails). */
+	int pt_id;              /* backing id while pt_opens > 0 */
+	int pt_opens, cached_opens;
+	uint64_t pt_total;      /* opens answered with passthrough, ever */
+	uint64_t reads;         /* READ requests answered (atomic) */
 
 	/* for `thaw status` */
 	uint64_t fetched_before;/* bytes fetched by blobs of this file since closed */
@@ -42,6 +48,7 @@ struct fhandle {
 	pthread_mutex_t mu;
 	struct ra ra;
 	int writable;
+	int pt_id;              /* > 0: opened for passthrough (no READ comes) */
 };
 
 /* The file state of n (created on first use), or NULL if out of memory. */
@@ -57,6 +64,14 @@ void file_maybe_close(struct thawfs *fs, struct tnode *n);
 uint64_t file_size(struct tnode *n);
 /* Remember an error a reader or the hydrator got (and log it, rate-limited). */
 void file_note_error(struct tnode *n, const char *what, const char *msg);
+
+/* Decide how an open of n is served: a backing id (> 0) for passthrough,
+ * or 0 for reads through this process.  Passthrough needs the whole file
+ * checked in the cache, nothing written over it, no open of it in the other
+ * mode, and a read-only open of a read-only mount.  Every call is matched by
+ * one file_open_done with what it returned. */
+int file_open_mode(struct thawfs *fs, struct tnode *n, int writable);
+void file_open_done(struct thawfs *fs, struct tnode *n, int pt_id);
 
 /* Answer a FUSE read / write / fsync on an open handle (replies itself). */
 void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size, uint64_t off);

@@ -12,6 +12,7 @@
 
 #include "../objstore/blob.h"
 #include "fusefs.h"
+#include "passthrough.h"
 #include "tree.h"
 
 struct hydrator;
@@ -41,6 +42,7 @@ struct thawfs {
 	int splice;               /* reply with file descriptors (splice) where we can */
 	size_t splice_max;        /* largest reply libfuse can splice (its pipe's size) */
 	unsigned max_read;        /* largest read the kernel sends */
+	struct pt_state pt;       /* FUSE passthrough (passthrough.c) */
 
 	/* The 1 Hz ticker: rates for status, overlay syncs. */
 	pthread_t ticker;

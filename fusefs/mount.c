@@ -433,6 +433,13 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 			mounted = 1;
 	}
 	/* The session loop has not started: INIT is still unanswered. */
+	const char *pte = getenv("THAW_FUSE_PASSTHROUGH");
+	fs->pt.want = !o->rw && !o->no_passthrough && !(pte && !strcmp(pte, "0"));
+	if (rc == 0 && fs->pt.want && pt_install(fs) < 0) {
+		log_warn("%s; complete files are served by this process", err_msg());
+		fs->pt.want = 0;
+		rc = 0;
+	}
 	if (rc == 0 && fs->o.kernel_readahead_kb)
 		raise_kernel_readahead(fs->mnt_abs, fs->o.kernel_readahead_kb);
 	if (rc == 0 && pthread_create(&fs->ticker, NULL, ticker_main, fs) == 0)

@@ -4,7 +4,9 @@
  * entries and attributes are cached by the kernel for long and a missing
  * name is cached too.  Files are opened with keep_cache: a blob is pinned to
  * one version of its object, so pages the kernel already holds stay right,
- * and a re-read of a hydrated file never reaches this process.
+ * and a re-read of a hydrated file never reaches this process.  A file that
+ * is wholly in the cache is opened for passthrough instead (file_open_mode):
+ * the kernel then reads the cache's data file itself.
  *
  * Without --rw every modifying request answers EROFS (the mount is also
  * mounted "ro", so the kernel usually says so first).  With --rw, existing
@@ -21,6 +23,7 @@
 
 #define TTL 3600.0 /* the tree never changes under a mount */
 #define BLKSIZE (1u << 20)
+#define FOPEN_NOFLUSH_BIT (1u << 5) /* the kernel's FOPEN_NOFLUSH */
 
 static struct thawfs *FS(fuse_req_t req) { return fuse_req_userdata(req); }
 
@@ -204,14 +207,17 @@ static void tl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	h->writable = writable;
 	pthread_mutex_init(&h->mu, NULL);
 	ra_init(&h->ra, fs->o.readahead_min, fs->o.readahead_max);
+	h->pt_id = file_open_mode(fs, n, writable);
 	fi->fh = (uintptr_t)h;
 	fi->keep_cache = 1;
 	/* FLUSH would only be answered 0 (writes land in the overlay as they
 	 * come; fsync and release make them durable): spare every close(2) the
 	 * round trip. */
 	fi->noflush = 1;
-	if (fuse_reply_open(req, fi) != 0) {
+	int sent = h->pt_id > 0 ? pt_reply_open(req, fi->fh, FOPEN_NOFLUSH_BIT, h->pt_id) : fuse_reply_open(req, fi);
+	if (sent != 0) {
 		/* Interrupted: no release will come for this handle. */
+		file_open_done(fs, n, h->pt_id);
 		file_unpin(fs, n);
 		pthread_mutex_destroy(&h->mu);
 		free(h);
@@ -244,6 +250,7 @@ static void tl_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct fhandle *h = (struct fhandle *)(uintptr_t)fi->fh;
 	if (h->writable)
 		file_sync(h->n); /* errors are logged; close(2) has already returned */
+	file_open_done(FS(req), h->n, h->pt_id);
 	file_unpin(FS(req), h->n);
 	pthread_mutex_destroy(&h->mu);
 	free(h);

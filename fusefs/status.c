@@ -17,6 +17,8 @@ struct frow {
 	char path[4096];
 	uint64_t size, nchunks, present_chunks, present_bytes, fetched, fetches, failures, verify_failures;
 	uint64_t cache_hits, cache_rejects, inflight, dirty;
+	uint64_t reads, pt_total;
+	int pt_opens;
 	double rate, eta;
 	int open, busy, image, hydrate;
 	char err[ERR_MSG_MAX];
@@ -45,6 +47,9 @@ static int row_of(struct tnode *n, struct frow *r)
 	}
 	r->fetched = f->fetched_before;
 	r->rate = f->rate;
+	r->reads = __atomic_load_n(&f->reads, __ATOMIC_RELAXED);
+	r->pt_opens = f->pt_opens;
+	r->pt_total = f->pt_total;
 	snprintf(r->err, sizeof r->err, "%s", f->err);
 	if (f->b) {
 		struct blob_stats st;
@@ -131,7 +136,8 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 				   "\"present_bytes\":%llu,\"percent\":%.2f,\"bytes_fetched\":%llu,\"fetches\":%llu,"
 				   "\"fetch_failures\":%llu,\"verify_failures\":%llu,\"cache_hits_at_open\":%llu,\"cache_rejects\":%llu,"
 				   "\"inflight\":%llu,\"rate_bps\":%.0f,\"eta_s\":%.1f,\"hydrate\":\"%s\","
-				   "\"dirty_chunks\":%llu,\"errors\":%llu,\"last_error\":",
+				   "\"dirty_chunks\":%llu,\"reads\":%llu,\"passthrough_opens\":%d,"
+				   "\"passthrough_total\":%llu,\"errors\":%llu,\"last_error\":",
 				(unsigned long long)r.size, r.open ? "true" : "false",
 				r.busy ? "busy" : !r.open ? "unknown" : r.image ? "thaw-image" : "object",
 				(unsigned long long)r.nchunks, (unsigned long long)r.present_chunks,
@@ -141,8 +147,8 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 				(unsigned long long)r.failures, (unsigned long long)r.verify_failures,
 				(unsigned long long)r.cache_hits, (unsigned long long)r.cache_rejects,
 				(unsigned long long)r.inflight, r.rate, r.eta,
-				hydrate_name(r.hydrate), (unsigned long long)r.dirty,
-				(unsigned long long)(n->f ? n->f->nerrors : 0));
+				hydrate_name(r.hydrate), (unsigned long long)r.dirty, (unsigned long long)r.reads,
+				r.pt_opens, (unsigned long long)r.pt_total, (unsigned long long)(n->f ? n->f->nerrors : 0));
 			json_write_str(o, r.err);
 			fprintf(o, "}");
 		}

@@ -38,7 +38,7 @@ static void mount_usage(FILE *f)
 		"usage: thaw mount URL MOUNTPOINT [--cache DIR] [--hydrate] [--rw] [--foreground]\n"
 		"                  [--allow-other] [--jobs N] [--store-jobs N] [--hydrate-jobs N]\n"
 		"                  [--hydrate-rate BYTES/s] [--readahead MAX] [--chunk-size N]\n"
-		"                  [--kernel-readahead KB] [--debug]\n\n"
+		"                  [--kernel-readahead KB] [--no-passthrough] [--debug]\n\n"
 		"Serve the objects under URL (file:///dir/ or s3://bucket/prefix/) as files at\n"
 		"MOUNTPOINT, fetched lazily: a read fetches only the chunks it needs (sequential\n"
 		"reads open a readahead window that doubles up to --readahead), concurrent readers\n"
@@ -62,6 +62,9 @@ static void mount_usage(FILE *f)
 		"  --store-timeout MS give up on one store request after MS (default 60000)\n"
 		"  --kernel-readahead KB  the kernel's own readahead for this mount (default 1024;\n"
 		"                     needs root, 0 leaves the kernel's 128)\n"
+		"  --no-passthrough   keep serving files that are wholly cached through the daemon;\n"
+		"                     by default (read-only mounts, root, Linux 6.9+) the kernel\n"
+		"                     reads such a file straight from the cache (FUSE passthrough)\n"
 		"  --debug            trace every FUSE request (implies --foreground)\n\n"
 		"Unmount with `fusermount3 -u MOUNTPOINT`, or SIGINT/SIGTERM to the daemon.\n"
 		"`thaw status MOUNTPOINT` talks to the mount through a Unix socket (mode 0600) in\n"
@@ -132,6 +135,7 @@ int cmd_mount(int argc, char **argv)
 		{ "store-jobs", 1, 0, 'S' },  { "hydrate-jobs", 1, 0, 'J' },  { "hydrate-rate", 1, 0, 'R' },
 		{ "readahead", 1, 0, 'r' },   { "chunk-size", 1, 0, 'C' },    { "store-timeout", 1, 0, 'T' },
 		{ "debug", 0, 0, 'd' },       { "help", 0, 0, 'h' },          { "kernel-readahead", 1, 0, 'K' },
+		{ "no-passthrough", 0, 0, 'P' },
 		{ 0, 0, 0, 0 },
 	};
 	int c;
@@ -141,6 +145,7 @@ int cmd_mount(int argc, char **argv)
 		case 'c': snprintf(cache, sizeof cache, "%s", optarg); break;
 		case 'H': o.hydrate = 1; break;
 		case 'w': o.rw = 1; break;
+		case 'P': o.no_passthrough = 1; break;
 		case 'f': foreground = 1; break;
 		case 'A': o.allow_other = 1; break;
 		case 'd': o.debug = foreground = 1; break;

@@ -89,6 +89,7 @@ struct blob {
 
 	uint64_t *csum; /* persistent cache: recorded sums of C_CACHED chunks */
 	uint64_t present, zero, bytes_fetched, fetches, fetch_failures, verify_failures, cache_hits, cache_rejects;
+	uint64_t unchecked; /* chunks still C_CACHED or C_CHECKING */
 };
 
 static void dispatch(struct blob *b);
@@ -596,6 +597,9 @@ static void check_cached(struct blob *b, uint64_t idx)
 		b->present--;
 		b->cache_rejects++;
 	}
+	/* After present, so that blob_complete_checked never sees a rejected
+	 * chunk as both checked and present. */
+	__atomic_sub_fetch(&b->unchecked, 1, __ATOMIC_RELEASE);
 	wake_chunk(b, idx);
 }
 
@@ -744,6 +748,11 @@ int blob_hydrate_start(struct blob *b, const uint64_t *first, size_t nfirst)
 int blob_complete(const struct blob *b)
 {
 	return __atomic_load_n(&b->present, __ATOMIC_RELAXED) == b->n;
+}
+
+int blob_complete_checked(const struct blob *b)
+{
+	return __atomic_load_n(&b->unchecked, __ATOMIC_ACQUIRE) == 0 && blob_complete(b);
 }
 
 int blob_hydrate_wait(struct blob *b, uint64_t timeout_ms)
@@ -910,6 +919,7 @@ int blob_open(struct store *s, const char *key, const struct blob_opts *opts, st
 				b->state[i] = C_CACHED;
 				b->present++;
 				b->cache_hits++;
+				b->unchecked++;
 			}
 	} else if (b->n) {
 		b->mem_len = (size_t)(b->n << b->shift);

@@ -115,6 +115,9 @@ int blob_hydrate_start(struct blob *b, const uint64_t *first, size_t nfirst);
  * 0 when complete, -ETIMEDOUT, or the first failure. */
 int blob_hydrate_wait(struct blob *b, uint64_t timeout_ms);
 int blob_complete(const struct blob *b);
+/* Complete, and every chunk found in the cache at open has been checked: the
+ * cache's data file alone now holds the right bytes. */
+int blob_complete_checked(const struct blob *b);
 
 void blob_set_listener(struct blob *b, blob_listener fn, void *arg);
 /* Persistent-cache backing only: the cache's data file, where a present chunk's

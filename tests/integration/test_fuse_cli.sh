@@ -4,17 +4,9 @@
 # mountpoint refused, status of something that is not a mount, the live
 # progress table on a terminal, and --hydrate with a rate cap that holds.
 . "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/../fuse_lib.sh"
 
-[ -e /dev/fuse ] || skip "no /dev/fuse"
-command -v fusermount3 >/dev/null || skip "fusermount3 not installed"
-
-S=$T/store; M=$T/mnt; C=$T/cache
-export XDG_RUNTIME_DIR=$T/run
 mkdir -p "$S" "$M" "$C" "$T/empty"
-mkdir -m 700 "$XDG_RUNTIME_DIR"
-at_exit "fusermount3 -u -z '$M' 2>/dev/null"
-py() { "$THAW" status "$M" --json | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
-file_field() { py "[f for f in s['files'] if f['path']=='$1'][0]['$2']"; }
 
 head -c $((12 << 20)) /dev/urandom >"$S/data.bin"
 

@@ -6,19 +6,10 @@
 # still consistent on remount; a damaged cache -> rebuilt or refused, never
 # trusted blindly.
 . "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/../fuse_lib.sh"
 
-[ -e /dev/fuse ] || skip "no /dev/fuse"
-command -v fusermount3 >/dev/null || skip "fusermount3 not installed"
-
-S=$T/store; M=$T/mnt; C=$T/cache
-export XDG_RUNTIME_DIR=$T/run
 mkdir -p "$S" "$M" "$C" "$T/src" "$T/blk"
-mkdir -m 700 "$XDG_RUNTIME_DIR"
-at_exit "fusermount3 -u -z '$M' 2>/dev/null"
-LOG() { cat "$XDG_RUNTIME_DIR"/thaw/*.log; }
 
-py() { "$THAW" status "$M" --json | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
-file_field() { py "[f for f in s['files'] if f['path']=='$1'][0]['$2']"; }
 # read_at FILE MIB: read 512 KiB at MiB offset MIB with O_DIRECT (past the page
 # cache, to the daemon, in one request); prints the bytes' md5 or "EIO".
 read_at() {

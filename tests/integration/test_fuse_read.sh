@@ -5,20 +5,12 @@
 # namespace (sizes, hidden .thaw/, ENOENT, EROFS); one fetch per chunk however
 # many readers; kernel page cache on re-read; status; SIGTERM unmount.
 . "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/../fuse_lib.sh"
 
-[ -e /dev/fuse ] || skip "no /dev/fuse"
-command -v fusermount3 >/dev/null || skip "fusermount3 not installed"
-
-S=$T/store; M=$T/mnt; C=$T/cache
-export XDG_RUNTIME_DIR=$T/run  # control socket and daemon log land in $T
-mkdir -m 700 "$XDG_RUNTIME_DIR"
 mkdir -p "$S/dir/deeper" "$M" "$C" "$T/src"
-at_exit "fusermount3 -u -z '$M' 2>/dev/null"
 
 status_json() { "$THAW" status "$M" --json; }
 # jq-less field access: py EXPR over the status JSON as s.
-py() { status_json | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
-file_field() { py "[f for f in s['files'] if f['path']=='$1'][0]['$2']"; }
 
 # Sources: sizes around 4 KiB pages and 64 KiB / 1 MiB chunks.
 i=0

@@ -6,21 +6,9 @@
 # read-only remount and kill -9 after fsync, and an overlay made over an
 # object that has since changed is refused rather than mixed.
 . "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/../fuse_lib.sh"
 
-[ -e /dev/fuse ] || skip "no /dev/fuse"
-command -v fusermount3 >/dev/null || skip "fusermount3 not installed"
-
-S=$T/store; M=$T/mnt; C=$T/cache
-export XDG_RUNTIME_DIR=$T/run
-mkdir -p "$S" "$M" "$C" "$T/src"
-mkdir -m 700 "$XDG_RUNTIME_DIR"
-at_exit "fusermount3 -u -z '$M' 2>/dev/null"
-
-py() { "$THAW" status "$M" --json | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
-file_field() { py "[f for f in s['files'] if f['path']=='$1'][0]['$2']"; }
-LOG() { cat "$XDG_RUNTIME_DIR"/thaw/*.log; }
 store_sum() { find "$S" -type f | sort | xargs md5sum | md5sum; }
-unmount() { fusermount3 -u "$M" || fail "unmount"; i=0; while [ -n "$(ls "$XDG_RUNTIME_DIR"/thaw/*.sock 2>/dev/null)" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done; }
 
 make_mixed "$T/src/disk" $((12 * 1048576 + 777))  # zero chunks (1 MiB chunks) and repeats
 "$THAW" push "$T/src/disk" "file://$S/disk.img" >/dev/null || fail "push"

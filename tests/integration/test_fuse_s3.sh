@@ -7,17 +7,12 @@
 # of the mount unharmed), transient failures healed by retries, a corrupt
 # chunk refused, an ETag changing under a plain object refused.
 . "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/../fuse_lib.sh"
 
-[ -e /dev/fuse ] || skip "no /dev/fuse"
-command -v fusermount3 >/dev/null || skip "fusermount3 not installed"
 [ -x "$TESTS_DIR/node_modules/.bin/s3rver" ] || skip "s3rver not installed (make deps)"
 [ -x "$TOOLS/faultproxy" ] || skip "faultproxy not built"
 
-M=$T/mnt; C=$T/cache
-export XDG_RUNTIME_DIR=$T/run
 mkdir -p "$M" "$C" "$T/src" "$T/blk"
-mkdir -m 700 "$XDG_RUNTIME_DIR"
-at_exit "fusermount3 -u -z '$M' 2>/dev/null"
 start_s3rver thaw
 UP="http://127.0.0.1:$S3_PORT/thaw" # straight to s3rver, past the proxy
 start_faultproxy
@@ -25,9 +20,6 @@ B=$S3_BUCKET
 # A short retry budget, so a store that keeps failing ends quickly.
 export THAW_STORE_ATTEMPTS=3 THAW_STORE_TOTAL_MS=6000 THAW_STORE_STALL_MS=1500
 
-py() { "$THAW" status "$M" --json | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
-file_field() { py "[f for f in s['files'] if f['path']=='$1'][0]['$2']"; }
-LOG() { cat "$XDG_RUNTIME_DIR"/thaw/*.log; }
 wait_until() {
 	n=0
 	until [ "$(py "$2" 2>/dev/null)" = True ]; do

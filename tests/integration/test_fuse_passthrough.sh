@@ -1,0 +1,94 @@
+# test_fuse_passthrough.sh - a file wholly in the cache is read by the kernel
+# from the cache's data file (FUSE passthrough), with no READ reaching the
+# daemon: checked by dropping the page cache and reading again, which a
+# cached-mode open would have to ask the daemon for.  Opens of one file never
+# mix modes (a cached open still held keeps new opens cached; a passthrough
+# open keeps new ones passthrough), mmap works, an image's zero chunks read
+# as zeros, chunks reused from the cache after a remount are checked (a
+# corrupt one fetched again) before passthrough is used, and --no-passthrough
+# and --rw keep every read in the daemon.
+. "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/../fuse_lib.sh"
+
+[ "$(id -u)" = 0 ] || skip "FUSE passthrough needs root (CAP_SYS_ADMIN) to register backing files"
+
+# Drop clean page-cache pages only (echo 1): inodes stay, so the kernel keeps
+# its inode and the daemon its blob, with every chunk already checked.
+drop_pages() { sync; echo 1 >/proc/sys/vm/drop_caches; }
+
+head -c $((20 << 20)) /dev/urandom >"$S/plain.bin"
+make_mixed "$T/src/disk" $((6 * 1048576 + 4321))  # zero chunks and repeats
+"$THAW" push "$T/src/disk" "file://$S/disk.img" >/dev/null || fail "push"
+
+"$THAW" mount "file://$S/" "$M" --cache "$C" || fail "mount"
+
+# Incomplete: a cached-mode open.  While it is held, the file completes and a
+# second open must still be cached (the kernel refuses to mix modes).
+exec 3<"$M/plain.bin"
+head -c 4096 <&3 >/dev/null
+[ "$(file_field plain.bin passthrough_total)" = 0 ] || fail "an incomplete file was opened for passthrough"
+cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs (cached mode)"
+[ "$(file_field plain.bin passthrough_total)" = 0 ] || fail "passthrough while a cached open was held"
+exec 3<&-
+sleep 0.2 # the release reaches the daemon after close(2) returns
+
+# Complete and nothing else open: passthrough, and no READ reaches us even
+# with the page cache dropped.
+r0=$(file_field plain.bin reads)
+drop_pages
+exec 3<"$M/plain.bin"
+[ "$(file_field plain.bin passthrough_opens)" = 1 ] || fail "a complete file was not opened for passthrough"
+cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs through passthrough"
+[ "$(file_field plain.bin passthrough_total)" = 2 ] || fail "a second open beside a passthrough one was not passthrough"
+python3 - "$M/plain.bin" "$S/plain.bin" <<'PY' || fail "mmap of a passthrough file differs"
+import mmap, sys
+with open(sys.argv[1], 'rb') as f, open(sys.argv[2], 'rb') as g:
+    m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    assert m[:] == g.read()
+PY
+[ "$(file_field plain.bin reads)" = "$r0" ] || fail "READs reached the daemon through passthrough ($r0 -> $(file_field plain.bin reads))"
+exec 3<&-
+sleep 0.2
+[ "$(file_field plain.bin passthrough_opens)" = 0 ] || fail "passthrough opens not released"
+
+# An image: chunks are per object, zero chunks are holes in the data file.
+cmp "$T/src/disk" "$M/disk.img" || fail "disk.img differs (cached mode)"
+sleep 0.2
+drop_pages
+r0=$(file_field disk.img reads)
+cmp "$T/src/disk" "$M/disk.img" || fail "disk.img differs through passthrough"
+[ "$(file_field disk.img passthrough_total)" -ge 1 ] || fail "complete image not opened for passthrough"
+[ "$(file_field disk.img reads)" = "$r0" ] || fail "READs reached the daemon for the image through passthrough"
+unmount
+
+# Remount: every chunk comes from the cache unchecked, so the first open is
+# cached and checks what it reads; a chunk corrupted meanwhile is fetched
+# again; then passthrough serves the repaired data file.
+data=$(find "$C" -type f -size +19M | head -1)
+[ -n "$data" ] || fail "no cache data file for plain.bin"
+printf 'XXXXXXXX' | dd of="$data" bs=1 seek=$((5 << 20)) conv=notrunc 2>/dev/null
+"$THAW" mount "file://$S/" "$M" --cache "$C" || fail "remount"
+cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs after remount with a corrupt chunk"
+[ "$(file_field plain.bin passthrough_total)" = 0 ] || fail "unchecked cached chunks were served by passthrough"
+[ "$(file_field plain.bin cache_rejects)" = 1 ] || fail "the corrupt chunk was not rejected ($(file_field plain.bin cache_rejects))"
+sleep 0.2
+drop_pages
+r0=$(file_field plain.bin reads)
+cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs through passthrough after the repair"
+[ "$(file_field plain.bin passthrough_total)" = 1 ] || fail "not passthrough once every chunk was checked"
+[ "$(file_field plain.bin reads)" = "$r0" ] || fail "READs reached the daemon after the repair"
+unmount
+
+# --no-passthrough and --rw: every read is ours.
+for mode in --no-passthrough --rw; do
+	"$THAW" mount "file://$S/" "$M" --cache "$C" $mode || fail "mount $mode"
+	cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs ($mode)"
+	sleep 0.2
+	drop_pages
+	r0=$(file_field plain.bin reads)
+	cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs on re-read ($mode)"
+	[ "$(file_field plain.bin passthrough_total)" = 0 ] || fail "passthrough with $mode"
+	[ "$(file_field plain.bin reads)" -gt "$r0" ] || fail "no READ reached the daemon with $mode after dropping the page cache"
+	unmount
+done
+echo "ok"
