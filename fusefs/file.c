@@ -29,12 +29,14 @@ struct tfile *file_of(struct tnode *n)
 		return NULL;
 	pthread_mutex_init(&f->mu, NULL);
 	pthread_mutex_init(&f->wmu, NULL);
+	pthread_cond_init(&f->cached_cv, NULL);
 	f->data_fd = -1;
 	f->size = n->list_size;
 	struct tfile *seen = NULL;
 	if (!__atomic_compare_exchange_n(&n->f, &seen, f, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
 		pthread_mutex_destroy(&f->mu);
 		pthread_mutex_destroy(&f->wmu);
+		pthread_cond_destroy(&f->cached_cv);
 		free(f);
 		return seen;
 	}
@@ -237,18 +239,37 @@ static int read_mixed(struct tfile *f, uint8_t *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+/* The kernel drops an inode's cached mode when close(2) returns, but sends
+ * us the RELEASE in the background: `cat f; cat f` would find the first
+ * open still counted.  So a complete file waits a little for cached opens
+ * to end, once: if one is really held (an mmap, a long reader), later opens
+ * do not wait again until it ends. */
+#define RELEASE_WAIT_MS 10
+
+static int pt_eligible(struct thawfs *fs, struct tfile *f, int writable)
+{
+	return !writable && !fs->o.rw && f->b && blob_size(f->b) && blob_complete_checked(f->b) &&
+	       (!f->ov || overlay_ndirty(f->ov) == 0) && __atomic_load_n(&fs->pt.on, __ATOMIC_ACQUIRE);
+}
+
 int file_open_mode(struct thawfs *fs, struct tnode *n, int writable)
 {
 	struct tfile *f = n->f; /* pinned by the caller */
 	int id = 0;
 	pthread_mutex_lock(&f->mu);
+	if (f->pt_opens == 0 && f->cached_opens > 0 && !f->cached_held && pt_eligible(fs, f, writable)) {
+		struct timespec dl = deadline_after_ms(RELEASE_WAIT_MS);
+		while (f->cached_opens > 0 && f->pt_opens == 0)
+			if (pthread_cond_timedwait(&f->cached_cv, &f->mu, &dl) == ETIMEDOUT) {
+				f->cached_held = f->cached_opens > 0;
+				break;
+			}
+	}
 	if (f->pt_opens > 0) {
 		id = f->pt_id;
 		f->pt_opens++;
 		f->pt_total++;
-	} else if (!writable && !fs->o.rw && f->cached_opens == 0 && f->b && blob_size(f->b) &&
-		   blob_complete_checked(f->b) && (!f->ov || overlay_ndirty(f->ov) == 0) &&
-		   __atomic_load_n(&fs->pt.on, __ATOMIC_ACQUIRE)) {
+	} else if (f->cached_opens == 0 && pt_eligible(fs, f, writable)) {
 		id = pt_backing_open(fs, blob_cache_fd(f->b));
 		if (id > 0) {
 			f->pt_id = id;
@@ -274,8 +295,9 @@ void file_open_done(struct thawfs *fs, struct tnode *n, int pt_id)
 			pt_backing_close(fs, f->pt_id);
 			f->pt_id = 0;
 		}
-	} else {
-		f->cached_opens--;
+	} else if (--f->cached_opens == 0) {
+		f->cached_held = 0;
+		pthread_cond_broadcast(&f->cached_cv);
 	}
 	pthread_mutex_unlock(&f->mu);
 }

@@ -29,6 +29,8 @@ struct tfile {
 	 * it is open, never both (an open asking for the other mode fails). */
 	int pt_id;              /* backing id while pt_opens > 0 */
 	int pt_opens, cached_opens;
+	pthread_cond_t cached_cv;  /* signalled when cached_opens drops to 0 */
+	int cached_held;        /* a wait for cached opens to end timed out: do not wait again until they do */
 	uint64_t pt_total;      /* opens answered with passthrough, ever */
 	uint64_t reads;         /* READ requests answered (atomic) */
 
