@@ -101,6 +101,8 @@ static int open_blob(struct thawfs *fs, struct tnode *n, struct tfile *f)
 			blob_close(b);
 		return rc;
 	}
+	if (f->checked_etag[0] && !strcmp(f->checked_etag, blob_etag(b)))
+		blob_trust_cached(b);
 	f->b = b;
 	__atomic_store_n(&f->size, blob_size(b), __ATOMIC_RELAXED);
 	f->size_known = 1;
@@ -119,6 +121,10 @@ static void close_blob(struct tfile *f)
 	struct blob_stats st;
 	blob_get_stats(f->b, &st);
 	f->fetched_before += st.bytes_fetched;
+	if (blob_complete_checked(f->b) && strlen(blob_etag(f->b)) < sizeof f->checked_etag)
+		snprintf(f->checked_etag, sizeof f->checked_etag, "%s", blob_etag(f->b));
+	else
+		f->checked_etag[0] = 0;
 	overlay_close(f->ov);
 	f->ov = NULL;
 	if (f->data_fd >= 0)

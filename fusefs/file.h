@@ -33,6 +33,10 @@ struct tfile {
 	int cached_held;        /* a wait for cached opens to end timed out: do not wait again until they do */
 	uint64_t pt_total;      /* opens answered with passthrough, ever */
 	uint64_t reads;         /* READ requests answered (atomic) */
+	/* The ETag of the version whose cache a closed blob of this file had
+	 * wholly checked: reopened in this process, it need not be checked again
+	 * (so it goes straight to passthrough); "" if none. */
+	char checked_etag[256];
 
 	/* for `thaw status` */
 	uint64_t fetched_before;/* bytes fetched by blobs of this file since closed */

@@ -107,8 +107,11 @@ static int hydrate_file(struct hydrator *h, struct tnode *n)
 			break; /* only failed chunks are left */
 		}
 	}
-	/* Failed chunks get one more bounded try each, at background priority. */
-	for (uint64_t i = 0; rc == 0 && !blob_complete(b) && !stopping(h) && i < blob_nchunks(b); i++) {
+	/* Failed chunks get one more bounded try each, at background priority.
+	 * The same pass checks chunks reused from the cache, which are otherwise
+	 * checked on first read: once all are, the file can be opened for
+	 * passthrough (and a bad one has been fetched again). */
+	for (uint64_t i = 0; rc == 0 && !stopping(h) && i < blob_nchunks(b); i++) {
 		if (blob_chunk_present(b, i))
 			continue;
 		int e = blob_ensure(b, i, PRIO_BACKGROUND);

@@ -755,6 +755,17 @@ int blob_complete_checked(const struct blob *b)
 	return __atomic_load_n(&b->unchecked, __ATOMIC_ACQUIRE) == 0 && blob_complete(b);
 }
 
+void blob_trust_cached(struct blob *b)
+{
+	pthread_mutex_lock(&b->mu);
+	for (uint64_t i = 0; i < b->n; i++)
+		if (b->state[i] == C_CACHED) {
+			__atomic_store_n(&b->state[i], C_PRESENT, __ATOMIC_RELEASE);
+			__atomic_sub_fetch(&b->unchecked, 1, __ATOMIC_RELEASE);
+		}
+	pthread_mutex_unlock(&b->mu);
+}
+
 int blob_hydrate_wait(struct blob *b, uint64_t timeout_ms)
 {
 	struct timespec dl = deadline_after_ms(timeout_ms ? timeout_ms : 1000ull * 86400 * 365);

@@ -79,6 +79,21 @@ cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs through passthrough
 [ "$(file_field plain.bin reads)" = "$r0" ] || fail "READs reached the daemon after the repair"
 unmount
 
+# Remount with --hydrate: nothing to fetch, but the hydrator checks every
+# chunk reused from the cache, so the first open is already passthrough.
+"$THAW" mount "file://$S/" "$M" --cache "$C" --hydrate || fail "remount --hydrate"
+i=0
+until [ "$(py "s['hydrator']['done']")" = 2 ]; do
+	i=$((i + 1)); [ $i -lt 300 ] || fail "not hydrated in 30 s: $(py "s['hydrator']")"
+	sleep 0.1
+done
+r0=$(file_field plain.bin reads)
+cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs after --hydrate"
+[ "$(file_field plain.bin passthrough_total)" = 1 ] || fail "first open after the hydrator checked the cache was not passthrough"
+[ "$(file_field plain.bin reads)" = "$r0" ] || fail "READs reached the daemon after hydration"
+[ "$(file_field plain.bin bytes_fetched)" = 0 ] || fail "the hydrator fetched chunks that were in the cache"
+unmount
+
 # --no-passthrough and --rw: every read is ours.
 for mode in --no-passthrough --rw; do
 	"$THAW" mount "file://$S/" "$M" --cache "$C" $mode || fail "mount $mode"
