@@ -90,7 +90,13 @@ struct blob {
 	uint64_t *csum; /* persistent cache: recorded sums of C_CACHED chunks */
 	uint64_t present, zero, bytes_fetched, fetches, fetch_failures, verify_failures, cache_hits, cache_rejects;
 	uint64_t unchecked; /* chunks still C_CACHED or C_CHECKING */
+	/* Set (with mu held) by a reader that will run a demand fetch itself:
+	 * start_fetch leaves the first small one there instead of submitting it. */
+	struct fetch **claim;
 };
+
+/* The largest fetch a reader runs on its own thread (one image chunk). */
+#define HERE_MAX (1u << 20)
 
 static void dispatch(struct blob *b);
 static void check_cached(struct blob *b, uint64_t idx);
@@ -204,6 +210,7 @@ int blob_drop_memory(struct blob *b)
 
 static void fetch_done(struct store_op *op);
 static int fetch_sink(struct store_op *op, uint64_t pos, const void *p, size_t n);
+static void fetch_refused(struct blob *b, struct fetch *f);
 
 static int start_fetch(struct blob *b, uint64_t idx, uint64_t count, int prio)
 {
@@ -257,21 +264,30 @@ static int start_fetch(struct blob *b, uint64_t idx, uint64_t count, int prio)
 		b->bg_started_bytes += len;
 	}
 	b->fetches++;
-	int rc = store_submit(b->s, op);
-	if (rc < 0) {
-		for (uint64_t k = 0; k < count; k++)
-			b->state[idx + k] = C_FAILED;
-		b->inflight--;
-		if (prio == PRIO_BACKGROUND)
-			b->inflight_bg--;
-		snprintf(b->last_err, sizeof b->last_err, "chunk %llu: %s", (unsigned long long)idx, err_msg());
-		if (!b->mem)
-			free(f->buf);
-		XXH3_freeState(f->hs);
-		free(f);
-		return rc;
+	if (prio == PRIO_DEMAND && b->claim && !*b->claim && len <= HERE_MAX) {
+		*b->claim = f; /* the reader submits it once it has let go of mu */
+		return 0;
 	}
-	return 0;
+	int rc = store_submit(b->s, op);
+	if (rc < 0)
+		fetch_refused(b, f);
+	return rc;
+}
+
+/* The store would not take f (err_msg() says why): its chunks fail.  With
+ * b->mu held. */
+static void fetch_refused(struct blob *b, struct fetch *f)
+{
+	for (uint64_t k = 0; k < f->count; k++)
+		b->state[f->idx + k] = C_FAILED;
+	b->inflight--;
+	if (f->prio == PRIO_BACKGROUND)
+		b->inflight_bg--;
+	snprintf(b->last_err, sizeof b->last_err, "chunk %llu: %s", (unsigned long long)f->idx, err_msg());
+	if (!b->mem)
+		free(f->buf);
+	XXH3_freeState(f->hs);
+	free(f);
 }
 
 /* A streamed fetch finished chunks k..k+n-1 (sums: their XXH3-64 for the
@@ -572,11 +588,25 @@ static void enqueue_range(struct blob *b, uint64_t first, uint64_t last, int pri
 
 void blob_request_read(struct blob *b, uint64_t first, uint64_t last, uint64_t ra_first, uint64_t ra_last)
 {
+	struct fetch *mine = NULL;
 	pthread_mutex_lock(&b->mu);
 	enqueue_range(b, first, last, PRIO_DEMAND);
 	enqueue_range(b, ra_first, ra_last, PRIO_READAHEAD);
+	/* With no window to open this reader would only sleep until its chunk
+	 * came: it fetches the chunk itself, saving two thread hand-offs.  (With
+	 * a window, the demand's GET runs on through it: not this thread's job.) */
+	if (ra_first > ra_last)
+		b->claim = &mine;
 	dispatch(b);
+	b->claim = NULL;
 	pthread_mutex_unlock(&b->mu);
+	if (mine && store_submit_here(b->s, &mine->op) < 0) {
+		pthread_mutex_lock(&b->mu);
+		fetch_refused(b, mine);
+		wake_all(b);
+		log_error("%s", b->last_err);
+		pthread_mutex_unlock(&b->mu);
+	}
 }
 
 /* First use of a chunk found in the cache at open: check its bytes against

@@ -84,7 +84,9 @@ int blob_chunk_present(const struct blob *b, uint64_t idx);
 void blob_request(struct blob *b, uint64_t idx, enum blob_prio prio);
 /* A reader's chunks first..last at PRIO_DEMAND and its readahead window
  * ra_first..ra_last (none if ra_first > ra_last) at PRIO_READAHEAD, queued
- * together so one GET can run from the demand on through the window. */
+ * together so one GET can run from the demand on through the window.  With
+ * no window, the demand's fetch (up to 1 MiB) runs on the calling thread
+ * before this returns (store_submit_here), so call it with no lock held. */
 void blob_request_read(struct blob *b, uint64_t first, uint64_t last, uint64_t ra_first, uint64_t ra_last);
 /* Make chunk idx present and wait for it (or its failure).  0 or <0 + err_msg. */
 int blob_ensure(struct blob *b, uint64_t idx, enum blob_prio prio);

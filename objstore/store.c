@@ -43,6 +43,9 @@ int store_open(const struct thaw_url *u, const struct store_config *cfg, struct 
 	s->cfg.max_attempts = att ? (int)att : 1;
 	env_u64("THAW_STORE_TOTAL_MS", &s->cfg.max_total_ms);
 	env_u64("THAW_STORE_STALL_MS", &s->cfg.stall_timeout_ms);
+	const char *here = getenv("THAW_STORE_HERE");
+	if (here && !strcmp(here, "0"))
+		s->cfg.no_here = 1;
 	if (s->cfg.max_inflight < 1)
 		s->cfg.max_inflight = 1;
 	int rc = u->scheme == URL_S3 ? store_s3_open(s) : store_file_open(s);
@@ -148,7 +151,7 @@ void store_close(struct store *s)
 	free(s);
 }
 
-int store_submit(struct store *s, struct store_op *op)
+static void op_reset(struct store *s, struct store_op *op)
 {
 	op->rc = 0;
 	op->errmsg[0] = 0;
@@ -156,6 +159,19 @@ int store_submit(struct store *s, struct store_op *op)
 	op->attempts = 0;
 	op->t_start_ns = now_ns();
 	op->t_deadline_ns = op->t_start_ns + s->cfg.max_total_ms * 1000000ull;
+}
+
+int store_submit(struct store *s, struct store_op *op)
+{
+	op_reset(s, op);
+	return s->impl->submit(s, op);
+}
+
+int store_submit_here(struct store *s, struct store_op *op)
+{
+	op_reset(s, op);
+	if (s->impl->submit_here && !s->cfg.no_here && op->kind == STORE_GET && op->len)
+		return s->impl->submit_here(s, op);
 	return s->impl->submit(s, op);
 }
 

@@ -102,6 +102,8 @@ struct req {
 	int rc;
 	char errmsg[ERR_MSG_MAX];
 
+	int here;                  /* this attempt runs on the submitter's thread
+	                              (store_submit_here): done is called there */
 	CURL *easy;
 	struct curl_slist *hdrs;
 	char curlerr[CURL_ERROR_SIZE];
@@ -805,6 +807,23 @@ static void req_ok(struct req *r)
 }
 
 static int start_req(struct s3 *x, struct req *r);
+static int enqueue(struct s3 *x, struct req *r);
+static void cancel_req(struct req *r);
+
+/* A retry waits on the loop's timer list; an attempt made on a caller's
+ * thread hands its request over to the loop for that (the loop files a
+ * request arriving with a wake time under its timers). */
+static void schedule_retry(struct s3 *x, struct req *r)
+{
+	if (!r->here) {
+		timer_add(x, r);
+		return;
+	}
+	r->here = 0;
+	r->easy = NULL;
+	if (enqueue(x, r) < 0)
+		cancel_req(r);
+}
 
 /* A failed attempt that may succeed if tried again: schedule it, or give up
  * if the attempts or the time budget are spent. */
@@ -842,7 +861,7 @@ static void retry_or_fail(struct s3 *x, struct req *r, int rc, const char *fmt, 
 			atomic_fetch_add(&x->s->stats.retries, 1);
 			log_debug("s3://%s/%s: %s %s; retry %d in %llu ms", bucket, r->key, rkind_name[r->kind],
 				  r->last, r->attempts + 1, (unsigned long long)delay);
-			timer_add(x, r);
+			schedule_retry(x, r);
 			return;
 		}
 		req_fail(r, rc, "s3://%s/%s: %s %s (gave up after %d attempt%s: the %llu ms budget would run out)",
@@ -1043,14 +1062,10 @@ static void get_416(struct req *r)
 	req_ok(r);
 }
 
-static void attempt_done(struct s3 *x, struct req *r, CURLcode res)
+/* What an attempt that has ended means: finish r, or schedule its retry. */
+static void attempt_outcome(struct s3 *x, struct req *r, CURLcode res)
 {
 	const char *bucket = x->s->url.root;
-	running_remove(x, r);
-	curl_multi_remove_handle(x->multi, r->easy);
-	curl_slist_free_all(r->hdrs);
-	r->hdrs = NULL;
-
 	if (r->stale) {
 		fail_stale(x, r);
 	} else if (r->bad && r->sink_rc) {
@@ -1102,6 +1117,15 @@ static void attempt_done(struct s3 *x, struct req *r, CURLcode res)
 	 * the pool either way (finish/retry never touch it). */
 }
 
+static void attempt_done(struct s3 *x, struct req *r, CURLcode res)
+{
+	running_remove(x, r);
+	curl_multi_remove_handle(x->multi, r->easy);
+	curl_slist_free_all(r->hdrs);
+	r->hdrs = NULL;
+	attempt_outcome(x, r, res);
+}
+
 /* ---- starting attempts ----------------------------------------------------- */
 
 static int add_header(struct req *r, const char *h)
@@ -1119,11 +1143,10 @@ static int add_header(struct req *r, const char *h)
 			goto setopt_failed;                 \
 	} while (0)
 
-/* Start one attempt of r.  On failure r has been finished. */
-static int start_req(struct s3 *x, struct req *r)
+/* Finish r if its time budget is spent (1), else 0. */
+static int past_deadline(struct s3 *x, struct req *r, uint64_t now)
 {
 	const struct store_config *cfg = &x->s->cfg;
-	uint64_t now = now_ns();
 	if (now >= r->deadline_ns) {
 		if (r->attempts)
 			req_fail(r, r->last_rc ? r->last_rc : -ETIMEDOUT,
@@ -1133,17 +1156,19 @@ static int start_req(struct s3 *x, struct req *r)
 		else
 			req_fail(r, -ETIMEDOUT, "s3://%s/%s: %s waited in the queue past its %llu ms budget",
 				 x->s->url.root, r->key, rkind_name[r->kind], (unsigned long long)cfg->max_total_ms);
-		return -1;
+		return 1;
 	}
+	return 0;
+}
+
+/* Set e up for one attempt of r: 0, or -EIO (libcurl refused an option) or
+ * -ENOMEM, with r->hdrs freed. */
+static int setup_easy(struct s3 *x, struct req *r, CURL *e, uint64_t now)
+{
+	const struct store_config *cfg = &x->s->cfg;
 	reset_response(r);
 	r->up_pos = 0;
 	r->curlerr[0] = 0;
-	CURL *e = pool_get(x);
-	if (!e) {
-		req_fail(r, -ENOMEM, "s3://%s/%s: out of memory for a curl handle", x->s->url.root, r->key);
-		return -1;
-	}
-	r->easy = e;
 	uint64_t left_ms = (r->deadline_ns - now + 999999) / 1000000;
 	char h[200];
 
@@ -1213,6 +1238,46 @@ static int start_req(struct s3 *x, struct req *r)
 		break;
 	}
 	SETOPT(e, CURLOPT_HTTPHEADER, r->hdrs);
+	return 0;
+
+setopt_failed:
+	curl_slist_free_all(r->hdrs);
+	r->hdrs = NULL;
+	return -EIO;
+nomem:
+	curl_slist_free_all(r->hdrs);
+	r->hdrs = NULL;
+	return -ENOMEM;
+}
+
+static void setup_failed(struct s3 *x, struct req *r, int rc)
+{
+	if (rc == -ENOMEM)
+		req_fail(r, -ENOMEM, "s3://%s/%s: out of memory building a request", x->s->url.root, r->key);
+	else
+		req_fail(r, -EIO, "s3://%s/%s: libcurl refused an option (is it built with AWS SigV4 support?)",
+			 x->s->url.root, r->key);
+}
+
+/* Start one attempt of r.  On failure r has been finished. */
+static int start_req(struct s3 *x, struct req *r)
+{
+	uint64_t now = now_ns();
+	if (past_deadline(x, r, now))
+		return -1;
+	CURL *e = pool_get(x);
+	if (!e) {
+		req_fail(r, -ENOMEM, "s3://%s/%s: out of memory for a curl handle", x->s->url.root, r->key);
+		return -1;
+	}
+	r->easy = e;
+	int rc = setup_easy(x, r, e, now);
+	if (rc < 0) {
+		pool_put(x, e);
+		r->easy = NULL;
+		setup_failed(x, r, rc);
+		return -1;
+	}
 
 	CURLMcode mc = curl_multi_add_handle(x->multi, e);
 	if (mc != CURLM_OK) {
@@ -1229,22 +1294,6 @@ static int start_req(struct s3 *x, struct req *r)
 	x->running = r;
 	x->nrunning++;
 	return 0;
-
-setopt_failed:
-	curl_slist_free_all(r->hdrs);
-	r->hdrs = NULL;
-	pool_put(x, e);
-	r->easy = NULL;
-	req_fail(r, -EIO, "s3://%s/%s: libcurl refused an option (is it built with AWS SigV4 support?)",
-		 x->s->url.root, r->key);
-	return -1;
-nomem:
-	curl_slist_free_all(r->hdrs);
-	r->hdrs = NULL;
-	pool_put(x, e);
-	r->easy = NULL;
-	req_fail(r, -ENOMEM, "s3://%s/%s: out of memory building a request", x->s->url.root, r->key);
-	return -1;
 }
 
 /* ---- finishing: single-request ops ---------------------------------------- */
@@ -1268,8 +1317,15 @@ static void finish_simple(struct req *r)
 		xstrlcpy(op->etag, r->etag, sizeof op->etag);
 	}
 	struct s3 *x = r->x;
+	int here = r->here;
 	req_free(r);
-	op_complete(x, op);
+	if (!here) {
+		op_complete(x, op);
+		return;
+	}
+	if (op->rc < 0)
+		atomic_fetch_add(&x->s->stats.failures, 1);
+	op->done(op);
 }
 
 /* ---- finishing: multipart uploads ----------------------------------------- */
@@ -1603,6 +1659,119 @@ static int s3_submit(struct store *s, struct store_op *op)
 	return 0;
 }
 
+/* ---- GETs on the caller's thread (store_submit_here) ----------------------------- */
+
+/* Each thread keeps one easy handle, and with it a kept-alive connection,
+ * for the store it last served; libcurl frees it when the thread exits. */
+struct here_handle {
+	struct s3 *x;
+	CURL *e;
+};
+static pthread_key_t here_key;
+static pthread_once_t here_once = PTHREAD_ONCE_INIT;
+static int here_key_ok;
+
+static void here_free(void *p)
+{
+	struct here_handle *h = p;
+	if (h->e)
+		curl_easy_cleanup(h->e);
+	free(h);
+}
+
+static void here_init(void) { here_key_ok = pthread_key_create(&here_key, here_free) == 0; }
+
+static CURL *here_easy(struct s3 *x)
+{
+	pthread_once(&here_once, here_init);
+	if (!here_key_ok)
+		return NULL;
+	struct here_handle *h = pthread_getspecific(here_key);
+	if (!h) {
+		if (!(h = calloc(1, sizeof *h)))
+			return NULL;
+		if (pthread_setspecific(here_key, h)) {
+			free(h);
+			return NULL;
+		}
+	}
+	if (h->x != x || !h->e) {
+		if (h->e)
+			curl_easy_cleanup(h->e);
+		h->x = x;
+		h->e = curl_easy_init();
+	}
+	return h->e;
+}
+
+/* The loop watches for stalls between polls; a caller's thread has only
+ * libcurl's progress callback (called at least once a second). */
+static int here_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+	(void)dt, (void)dn, (void)ut, (void)un;
+	struct req *r = arg;
+	if (now_ns() - r->progress_ns < r->x->stall_ns)
+		return 0;
+	r->stalled = 1;
+	return 1;
+}
+
+static int s3_submit_here(struct store *s, struct store_op *op)
+{
+	struct s3 *x = s->priv;
+	CURL *e = op->key[0] && (op->buf || op->sink) && op->off + op->len >= op->off ? here_easy(x) : NULL;
+	if (!e)
+		return s3_submit(s, op); /* which names what is wrong, if anything */
+	pthread_mutex_lock(&x->mu);
+	int stop = x->stop;
+	pthread_mutex_unlock(&x->mu);
+	if (stop)
+		return err_set(ECANCELED, "s3://%s: store is closing", s->url.root);
+	struct req *r = req_new(x, R_GET, op, op->key);
+	if (!r || !(r->url = object_url(x, op->key, NULL))) {
+		req_free(r);
+		return err_set(ENOMEM, "s3://%s/%s: out of memory queuing the request", s->url.root, op->key);
+	}
+	r->dst = op->buf;
+	r->off = op->off;
+	r->len = op->len;
+	r->finish = finish_simple;
+	r->deadline_ns = op->t_deadline_ns;
+	r->here = 1;
+	atomic_fetch_add(&s->stats.gets, 1);
+
+	/* From here on r is finished (done called) or handed to the loop. */
+	uint64_t now = now_ns();
+	if (past_deadline(x, r, now))
+		return 0;
+	r->easy = e;
+	int rc = setup_easy(x, r, e, now);
+	if (rc == 0 && (curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, here_progress) != CURLE_OK ||
+			curl_easy_setopt(e, CURLOPT_XFERINFODATA, r) != CURLE_OK ||
+			curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L) != CURLE_OK)) {
+		curl_slist_free_all(r->hdrs);
+		r->hdrs = NULL;
+		rc = -EIO;
+	}
+	if (rc < 0) {
+		curl_easy_reset(e);
+		r->easy = NULL;
+		setup_failed(x, r, rc);
+		return 0;
+	}
+	r->attempts++;
+	r->stalled = 0;
+	r->progress_ns = now_ns();
+	CURLcode res = curl_easy_perform(e);
+	if (res == CURLE_ABORTED_BY_CALLBACK && r->stalled)
+		res = CURLE_OPERATION_TIMEDOUT;
+	curl_slist_free_all(r->hdrs);
+	r->hdrs = NULL;
+	attempt_outcome(x, r, res); /* reads e (CURLINFO_OS_ERRNO) before the reset */
+	curl_easy_reset(e);          /* keeps the connection */
+	return 0;
+}
+
 /* ---- the loop thread ---------------------------------------------------------- */
 
 static void reap(struct s3 *x)
@@ -1706,9 +1875,13 @@ static void *loop_main(void *arg)
 		x->inbox = x->inbox_tail = NULL;
 		int stop = x->stop;
 		pthread_mutex_unlock(&x->mu);
+		uint64_t t_in = in ? now_ns() : 0;
 		while (in) {
 			struct req *n = in->next;
-			ready_push(x, in, in->op && in->op->urgent ? 2 : 0);
+			if (in->wake_ns > t_in) /* a retry handed over by a caller's thread */
+				timer_add(x, in);
+			else
+				ready_push(x, in, in->op && in->op->urgent ? 2 : 0);
 			in = n;
 		}
 		if (stop)
@@ -2013,6 +2186,7 @@ static void s3_close(struct store *s)
 static const struct store_impl s3_impl = {
 	.name = "s3",
 	.submit = s3_submit,
+	.submit_here = s3_submit_here,
 	.list = s3_list,
 	.close = s3_close,
 };
