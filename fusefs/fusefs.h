@@ -33,6 +33,7 @@ struct fusefs_opts {
 	uint64_t chunk_size;      /* chunk size for plain objects (default 1 MiB) */
 	uint64_t store_timeout_ms;/* give up on one store request after this (0 = store default) */
 	unsigned kernel_readahead_kb; /* the kernel's readahead for this mount (root only; 0 = leave it) */
+	int direct_io;            /* read files not wholly cached past FUSE's page cache */
 	int no_passthrough;       /* serve complete files through this process, not FUSE passthrough */
 };
 

@@ -435,9 +435,10 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 	/* The session loop has not started: INIT is still unanswered. */
 	const char *pte = getenv("THAW_FUSE_PASSTHROUGH");
 	fs->pt.want = !o->rw && !o->no_passthrough && !(pte && !strcmp(pte, "0"));
-	if (rc == 0 && fs->pt.want && pt_install(fs) < 0) {
-		log_warn("%s; complete files are served by this process", err_msg());
-		fs->pt.want = 0;
+	fs->pt.dio_want = !o->rw && o->direct_io;
+	if (rc == 0 && (fs->pt.want || fs->pt.dio_want) && pt_install(fs) < 0) {
+		log_warn("%s; complete files are served by this process, through the page cache", err_msg());
+		fs->pt.want = fs->pt.dio_want = 0;
 		rc = 0;
 	}
 	if (rc == 0 && fs->o.kernel_readahead_kb)

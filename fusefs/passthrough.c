@@ -1,8 +1,11 @@
-/* passthrough.c - negotiate FUSE passthrough under a libfuse that predates
- * it, and register cache data files with the kernel as backing files.
+/* passthrough.c - negotiate FUSE passthrough (and FUSE_DIRECT_IO_ALLOW_MMAP)
+ * under a libfuse that predates them, and register cache data files with the
+ * kernel as backing files.
  *
  * libfuse 3.14 keeps the INIT capabilities in 32 bits, so it can neither see
- * FUSE_PASSTHROUGH (bit 37, in INIT's flags2) nor ask for it.  It does let a
+ * FUSE_PASSTHROUGH (bit 37, in INIT's flags2) nor ask for it, nor for
+ * FUSE_DIRECT_IO_ALLOW_MMAP (bit 36), without which a file opened for
+ * direct I/O cannot be mmap'd shared.  It does let a
  * file system bring its own read/writev for the device (custom I/O), and
  * that is where this file works: read() notes the INIT request's id and
  * whether the kernel offers passthrough; writev() finds INIT's reply and
@@ -29,6 +32,7 @@
 #define K_FUSE_INIT 26
 #define K_FUSE_INIT_EXT (1u << 30)
 #define K_FUSE_PASSTHROUGH_HI (1u << (37 - 32)) /* in flags2 */
+#define K_FUSE_DIRECT_IO_ALLOW_MMAP_HI (1u << (36 - 32)) /* in flags2 */
 #define K_FOPEN_PASSTHROUGH (1u << 7)
 
 /* Passthrough files may sit on a file system one level deep at most: the
@@ -96,6 +100,7 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *ud)
 	const struct k_init_in *in = (const void *)(h + 1);
 	fs->pt.init_unique = h->unique;
 	fs->pt.offered = (in->flags & K_FUSE_INIT_EXT) && (in->flags2 & K_FUSE_PASSTHROUGH_HI);
+	fs->pt.mmap_offered = (in->flags & K_FUSE_INIT_EXT) && (in->flags2 & K_FUSE_DIRECT_IO_ALLOW_MMAP_HI);
 	return n;
 }
 
@@ -111,20 +116,25 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *ud)
 	if (oh->unique != fs->pt.init_unique)
 		return writev(fd, iov, count);
 	__atomic_store_n(&fs->pt.init_done, 1, __ATOMIC_RELEASE);
-	if (oh->error || !fs->pt.want || !fs->pt.offered || iov[1].iov_len < offsetof(struct k_init_out, request_timeout))
+	uint32_t add2 = (fs->pt.want && fs->pt.offered ? K_FUSE_PASSTHROUGH_HI : 0) |
+			(fs->pt.dio_want && fs->pt.mmap_offered ? K_FUSE_DIRECT_IO_ALLOW_MMAP_HI : 0);
+	if (oh->error || !add2 || iov[1].iov_len < offsetof(struct k_init_out, request_timeout))
 		return writev(fd, iov, count);
 	struct k_init_out out;
 	memset(&out, 0, sizeof out);
 	memcpy(&out, iov[1].iov_base, iov[1].iov_len < sizeof out ? iov[1].iov_len : sizeof out);
 	out.flags |= K_FUSE_INIT_EXT;
-	out.flags2 |= K_FUSE_PASSTHROUGH_HI;
-	out.max_stack_depth = PT_STACK_DEPTH;
+	out.flags2 |= add2;
+	if (add2 & K_FUSE_PASSTHROUGH_HI)
+		out.max_stack_depth = PT_STACK_DEPTH;
 	struct iovec v[2] = { iov[0], { &out, iov[1].iov_len < sizeof out ? iov[1].iov_len : sizeof out } };
 	ssize_t r = writev(fd, v, 2);
-	if (r >= 0) {
+	if (r >= 0 && (add2 & K_FUSE_PASSTHROUGH_HI)) {
 		fs->pt.on = 1;
 		log_debug("FUSE passthrough negotiated");
 	}
+	if (r >= 0 && (add2 & K_FUSE_DIRECT_IO_ALLOW_MMAP_HI))
+		__atomic_store_n(&fs->pt.dio_on, 1, __ATOMIC_RELEASE);
 	return r;
 }
 

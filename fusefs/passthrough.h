@@ -1,4 +1,5 @@
-/* passthrough.h - FUSE passthrough for files that are wholly in the cache.
+/* passthrough.h - FUSE passthrough for files that are wholly in the cache,
+ * and the INIT flags it and direct I/O need that libfuse 3.14 cannot ask for.
  *
  * Once every chunk of a file is in the persistent cache and checked, the
  * kernel can read the cache's data file itself (FOPEN_PASSTHROUGH, Linux
@@ -22,9 +23,13 @@ struct pt_state {
 	uint64_t init_unique;  /* the INIT request's id, to find its reply */
 	int init_done;         /* the INIT reply has gone out */
 	int fd;                /* the session's /dev/fuse descriptor (for the ioctls) */
+	int dio_want;          /* open files not wholly cached with direct I/O (--direct-io, not --rw) */
+	int mmap_offered;      /* the kernel's INIT offered FUSE_DIRECT_IO_ALLOW_MMAP */
+	int dio_on;            /* we accepted it: such files can be opened for direct I/O and
+	                          still be mmap'd shared */
 };
 
-/* Put the hooks under fs->se (after fuse_session_mount, before the loop).
+/* Put the hooks under fs->se (wanted for passthrough or direct I/O) (after fuse_session_mount, before the loop).
  * 0, or <0 + err_msg if libfuse refused them. */
 int pt_install(struct thawfs *fs);
 

@@ -1,0 +1,69 @@
+# test_fuse_direct.sh - with --direct-io, a file not wholly in the cache is
+# read past FUSE's page cache: every read reaches the daemon, which serves
+# bytes it has from the cache without fetching them again; such a file can
+# still be mmap'd shared (FUSE_DIRECT_IO_ALLOW_MMAP), and reads through a
+# mapping and through read(2) agree with the source.  By default the page
+# cache stays in front (a re-read makes no READ), and --rw ignores the flag.
+. "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/../fuse_lib.sh"
+
+head -c $((20 << 20)) /dev/urandom >"$S/plain.bin"
+make_mixed "$T/src/disk" $((6 * 1048576 + 4321))
+"$THAW" push "$T/src/disk" "file://$S/disk.img" >/dev/null || fail "push"
+
+reads() { file_field "$1" reads; }
+# read_twice FILE: read its second MiB twice (each in one 1 MiB read) and
+# print how many READs the second pass made.
+read_twice() {
+	dd if="$M/$1" bs=1M skip=1 count=1 status=none | cmp -s - "$2" || fail "$1: second MiB differs"
+	r0=$(reads "$1")
+	dd if="$M/$1" bs=1M skip=1 count=1 status=none | cmp -s - "$2" || fail "$1: second MiB differs on re-read"
+	echo $(($(reads "$1") - r0))
+}
+dd if="$S/plain.bin" bs=1M skip=1 count=1 status=none >"$T/plain.mib1"
+dd if="$T/src/disk" bs=1M skip=1 count=1 status=none >"$T/disk.mib1"
+
+"$THAW" mount "file://$S/" "$M" --cache "$C" --direct-io || fail "mount --direct-io"
+exec 3<"$M/plain.bin" # held open: the file stays in this mode (and incomplete)
+n=$(read_twice plain.bin "$T/plain.mib1")
+[ "$n" -ge 1 ] || fail "a re-read of an incomplete file made no READ: it was served from FUSE's page cache"
+f0=$(file_field plain.bin bytes_fetched)
+dd if="$M/plain.bin" bs=1M skip=1 count=1 status=none >/dev/null
+[ "$(file_field plain.bin bytes_fetched)" = "$f0" ] || fail "a re-read fetched cached bytes again"
+[ "$(file_field plain.bin percent)" != 100 ] || fail "plain.bin complete too early for this test"
+n=$(read_twice disk.img "$T/disk.mib1")
+[ "$n" -ge 1 ] || fail "a re-read of an incomplete image made no READ"
+# Shared mappings of an incomplete file, read whole, and a random 4 KiB
+# read beside them.
+python3 - "$M/plain.bin" "$S/plain.bin" "$M/disk.img" "$T/src/disk" <<'PY' || fail "mmap of an incomplete file"
+import mmap, os, sys
+for mnt, src in ((sys.argv[1], sys.argv[2]), (sys.argv[3], sys.argv[4])):
+    with open(mnt, 'rb') as f, open(src, 'rb') as g:
+        m = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        want = g.read()
+        assert m[:] == want, mnt + ": mapping differs"
+        assert os.pread(f.fileno(), 4096, 5 << 20) == want[5 << 20:(5 << 20) + 4096], mnt + ": pread differs"
+        m.close()
+PY
+exec 3<&-
+cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs"
+cmp "$T/src/disk" "$M/disk.img" || fail "disk.img differs"
+unmount
+
+# By default a re-read of an incomplete file comes from the page cache.
+rm -rf "$C"
+"$THAW" mount "file://$S/" "$M" --cache "$C" || fail "mount"
+exec 3<"$M/plain.bin"
+[ "$(read_twice plain.bin "$T/plain.mib1")" = 0 ] || fail "default mount: a re-read reached the daemon"
+exec 3<&-
+unmount
+
+# --rw keeps the page cache (writes and reads share it) even if asked not to.
+rm -rf "$C"
+"$THAW" mount "file://$S/" "$M" --cache "$C" --rw --direct-io || fail "mount --rw --direct-io"
+exec 3<"$M/plain.bin"
+[ "$(read_twice plain.bin "$T/plain.mib1")" = 0 ] || fail "--rw: a re-read reached the daemon"
+exec 3<&-
+unmount
+if grep -E "Sanitizer|runtime error" "$XDG_RUNTIME_DIR"/thaw/*.log; then fail "sanitizer reports in the daemon log"; fi
+exit 0
