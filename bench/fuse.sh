@@ -4,17 +4,20 @@
 # with curl (the server's ceiling, no filesystem at all).
 #
 # For each: time to first byte after mounting (open to first byte inside one
-# process, after a sync), cold sequential throughput (fresh mount, empty
-# caches, after sync and drop_caches), warm re-read (the kernel's page cache), and
+# process, after a sync; the median of TTFB_RUNS fresh mounts), cold sequential
+# throughput (fresh mount, empty caches, after sync and drop_caches), warm
+# re-read (median of 3, after a sync: the kernel's page cache), and
 # NRAND random 4 KiB reads on a fresh mount (total, p50/p99 latency, and the
 # bytes the store sent, counted by tests/tools/faultproxy in front of s3rver,
 # so every tool is measured the same way).  thaw is measured twice: on the
 # plain object (what s3fs and rclone read) and on the same bytes pushed as a
-# thaw image (chunks verified with XXH3 on arrival).
+# thaw image (chunks verified with XXH3 on arrival), and once more on the
+# plain object with --direct-io (no FUSE page cache for files not wholly cached).
 #
 #   FUSE_BENCH_MB=1024        object size
 #   FUSE_BENCH_RANDOM=200     random reads
-#   FUSE_BENCH_TOOLS="thaw thaw-img s3fs rclone curl"
+#   FUSE_BENCH_TOOLS="thaw thaw-dio thaw-img s3fs rclone curl"
+#   FUSE_BENCH_TTFB_RUNS=5    fresh mounts timed for the first byte
 #   BUILD=build               where thaw and the tools are
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +26,8 @@ THAW=$ROOT/$BUILD/thaw
 FP=$ROOT/$BUILD/tools/faultproxy
 MB=${FUSE_BENCH_MB:-1024}
 NRAND=${FUSE_BENCH_RANDOM:-200}
-WHO=${FUSE_BENCH_TOOLS:-"thaw thaw-img s3fs rclone curl"}
+WHO=${FUSE_BENCH_TOOLS:-"thaw thaw-dio thaw-img s3fs rclone curl"}
+TTFB_RUNS=${FUSE_BENCH_TTFB_RUNS:-5}
 T=$(mktemp -d /tmp/thaw-bench-fuse.XXXXXX)
 M=$T/mnt
 export XDG_RUNTIME_DIR=$T/run
@@ -95,10 +99,10 @@ wait_mounted() {
 }
 mount_tool() { # TOOL ENDPOINT
 	case $1 in
-	thaw | thaw-img)
+	thaw | thaw-img | thaw-dio)
 		rm -rf "$T/cache"
 		AWS_ENDPOINT_URL=$2 "$THAW" mount "s3://bench/$([ "$1" = thaw-img ] && echo img/)" "$M" --cache "$T/cache" \
-			2>/dev/null || die "thaw mount failed"
+			$([ "$1" = thaw-dio ] && echo --direct-io) 2>/dev/null || die "thaw mount failed"
 		;;
 	s3fs)
 		printf 'S3RVER:S3RVER\n' >"$T/s3fs.passwd"; chmod 600 "$T/s3fs.passwd"
@@ -132,31 +136,45 @@ cold() {
 }
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc -l; }
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# MB/s of reading FILE whole with 1 MiB blocks.
+read_rate() {
+	t0=$(now); dd if="$1" of=/dev/null bs=1M status=none; t1=$(now)
+	echo "$MB / ($t1 - $t0)" | bc -l
+}
+# The median of 3 warm reads, each after a sync (so no writeback of the cache
+# or of the source file runs during the timing).
+warm_rate() { for k in 1 2 3; do sync; read_rate "$1"; done | median; }
 
 measure() { # TOOL -> res/TOOL: ttfb_ms seq_MBps warm_MBps rand_total_s p50_ms p99_ms rand_MB
 	tool=$1
-	log "$tool: time to first byte"
-	mount_tool "$tool" "$DIRECT"
-	# Dirty pages flushed but the page cache kept: dropping it would time each
-	# daemon reading its own code back from disk, which curl's timer does not.
-	cold settle
-	# Timed inside one process, from open to the first byte (as curl's
-	# time_starttransfer is): a process start is no part of the filesystem.
-	ttfb=$(python3 -c 'import sys, time
+	log "$tool: time to first byte (median of $TTFB_RUNS fresh mounts)"
+	ttfbs=""
+	k=0
+	while [ $k -lt "$TTFB_RUNS" ]; do
+		# Dirty pages flushed (before mounting, so the mount's own start-up
+		# is not slowed) but the page cache kept: dropping it would time each
+		# daemon reading its own code back from disk, which curl's timer does not.
+		cold settle
+		mount_tool "$tool" "$DIRECT"
+		# Timed inside one process, from open to the first byte (as curl's
+		# time_starttransfer is): a process start is no part of the filesystem.
+		ttfbs="$ttfbs $(python3 -c 'import sys, time
 t = time.perf_counter()
 with open(sys.argv[1], "rb") as f:
     f.read(1)
-print((time.perf_counter() - t) * 1000)' "$(file_of "$tool")") || die "$tool: first byte"
-	unmount_tool "$tool"
+print((time.perf_counter() - t) * 1000)' "$(file_of "$tool")")" || die "$tool: first byte"
+		unmount_tool "$tool"
+		k=$((k + 1))
+	done
+	ttfb=$(echo "$ttfbs" | median)
 
 	log "$tool: cold sequential read of $MB MiB"
 	mount_tool "$tool" "$DIRECT"
 	cold
-	t0=$(now); dd if="$(file_of "$tool")" of=/dev/null bs=1M status=none; t1=$(now)
-	seq=$(echo "$MB / ($t1 - $t0)" | bc -l)
-	log "$tool: warm re-read"
-	t0=$(now); dd if="$(file_of "$tool")" of=/dev/null bs=1M status=none; t1=$(now)
-	warm=$(echo "$MB / ($t1 - $t0)" | bc -l)
+	seq=$(read_rate "$(file_of "$tool")")
+	log "$tool: warm re-read (median of 3)"
+	warm=$(warm_rate "$(file_of "$tool")")
 	unmount_tool "$tool"
 
 	log "$tool: $NRAND random 4 KiB reads"
@@ -173,10 +191,16 @@ print((time.perf_counter() - t) * 1000)' "$(file_of "$tool")") || die "$tool: fi
 }
 
 measure_curl() {
-	log "curl: time to first byte (1-byte ranged GET)"
-	cold settle
-	ttfb=$(curl -s -o /dev/null -r 0-0 -w '%{time_starttransfer}' "$DIRECT/bench/big.bin")
-	ttfb=$(echo "$ttfb * 1000" | bc -l)
+	log "curl: time to first byte (1-byte ranged GET, new connection; median of $TTFB_RUNS)"
+	ttfbs=""
+	k=0
+	while [ $k -lt "$TTFB_RUNS" ]; do
+		cold settle
+		ttfbs="$ttfbs $(curl -s -o /dev/null -r 0-0 -w '%{time_starttransfer}' "$DIRECT/bench/big.bin" |
+			awk '{ print $1 * 1000 }')"
+		k=$((k + 1))
+	done
+	ttfb=$(echo "$ttfbs" | median)
 	log "curl: 16 parallel ranged GETs of the whole object"
 	part=$(( (MB << 20) / 16 ))
 	cold
@@ -198,15 +222,14 @@ measure_curl() {
 for w in $WHO; do
 	case $w in
 	curl) measure_curl ;;
-	thaw | thaw-img | s3fs | rclone) measure "$w" ;;
+	thaw | thaw-img | thaw-dio | s3fs | rclone) measure "$w" ;;
 	*) die "unknown tool $w" ;;
 	esac
 done
 
 # Local file baseline: the same bytes from the page cache.
 cat "$T/big.bin" >/dev/null
-t0=$(now); dd if="$T/big.bin" of=/dev/null bs=1M status=none; t1=$(now)
-local=$(echo "$MB / ($t1 - $t0)" | bc -l)
+local=$(warm_rate "$T/big.bin")
 
 python3 "$ROOT/bench/fuse_report.py" "$T/res" "$local" "$MB" "$NRAND" $WHO
 

@@ -17,8 +17,8 @@ for t in tools:
         v = open(path).read().split()
         rows[t] = [None if x == "-" else float(x) for x in v]
 
-labels = {"thaw": "thaw (plain object)", "thaw-img": "thaw (thaw image)", "s3fs": "s3fs", "rclone": "rclone mount",
-          "curl": "curl ranged GETs"}
+labels = {"thaw": "thaw (plain object)", "thaw-dio": "thaw --direct-io", "thaw-img": "thaw (thaw image)",
+          "s3fs": "s3fs", "rclone": "rclone mount", "curl": "curl ranged GETs"}
 print()
 print("bench-fuse: one %s MiB object in s3rver; %s random 4 KiB reads; local page-cache read %.0f MB/s" %
       (size, nrand, local))
@@ -56,3 +56,39 @@ if base:
         print("  vs %-20s %s" % (labels.get(t, t) + ":", ", ".join(parts)))
     if base[2]:
         print("  warm re-read vs a local file: %.2fx of local speed" % (base[2] / local))
+
+# The targets, for thaw on the plain object (and with --direct-io,
+# where it applies), against the same run's peers.
+TTFB, SEQ, WARM, TOT, P50, P99, MBIN = range(7)
+
+
+def check(name, value, op, limit, unit="x"):
+    ok = value <= limit if op == "<=" else value >= limit
+    print("  %-52s %8.2f%s  (target %s %.2f%s)  %s" % (name, value, unit, op, limit, unit, "met" if ok else "NOT MET"))
+
+
+if base:
+    print()
+    print("targets (thaw on the plain object):")
+    curl, s3fs, rclone = rows.get("curl"), rows.get("s3fs"), rows.get("rclone")
+    for t in ("thaw", "thaw-dio"):
+        r = rows.get(t)
+        if not r:
+            continue
+        if curl and curl[SEQ]:
+            check("%s: cold sequential vs parallel curl" % labels[t], r[SEQ] / curl[SEQ], ">=", 0.9)
+        if s3fs and s3fs[SEQ]:
+            check("%s: cold sequential vs s3fs" % labels[t], r[SEQ] / s3fs[SEQ], ">=", 1.5)
+    if rclone and rclone[TOT]:
+        check("sparse workload total vs rclone", base[TOT] / rclone[TOT], "<=", 0.5)
+    if s3fs and s3fs[TOT]:
+        check("sparse workload total vs s3fs", base[TOT] / s3fs[TOT], "<=", 0.2)
+    check("sparse workload bytes fetched, % of the object", 100 * base[MBIN] / float(size), "<=", 5, "%")
+    if curl and curl[P50]:
+        check("p50 cold random read vs one raw GET (kept-alive)", base[P50] / curl[P50], "<=", 1.5)
+        check("time to first byte vs one raw GET (kept-alive)", base[TTFB] / curl[P50], "<=", 2)
+    if curl and curl[TTFB]:
+        print("  %-52s %8.2fx  (curl's own first byte includes its connect)" %
+              ("time to first byte vs curl's first byte", base[TTFB] / curl[TTFB]))
+    if base[WARM]:
+        check("warm re-read vs the local file", base[WARM] / local, ">=", 0.9)
