@@ -154,6 +154,17 @@ static int acquire(struct thawfs *fs, struct tnode *n, int pin, struct blob **ou
 int file_probe(struct thawfs *fs, struct tnode *n) { return acquire(fs, n, 0, NULL); }
 int file_pin(struct thawfs *fs, struct tnode *n, struct blob **b) { return acquire(fs, n, 1, b); }
 
+void file_prefetch_head(struct tnode *n)
+{
+	struct tfile *f = __atomic_load_n(&n->f, __ATOMIC_ACQUIRE);
+	if (!f)
+		return;
+	pthread_mutex_lock(&f->mu);
+	if (f->b && blob_nchunks(f->b))
+		blob_request(f->b, 0, PRIO_READAHEAD);
+	pthread_mutex_unlock(&f->mu);
+}
+
 void file_maybe_close(struct thawfs *fs, struct tnode *n)
 {
 	(void)fs;

@@ -61,6 +61,10 @@ struct fhandle {
 struct tfile *file_of(struct tnode *n);
 /* Open n's blob if it is not open (lookup, getattr); 0 or <0 + err_msg. */
 int file_probe(struct thawfs *fs, struct tnode *n);
+/* Ask, in the background, for the first chunk of n's open blob: what a
+ * first read wants (a header, a partition table).  Opening a plain object
+ * brings it anyway; an image's comes from its own GET. */
+void file_prefetch_head(struct tnode *n);
 /* Like file_probe, and count a user (open handle, hydrator) until file_unpin. */
 int file_pin(struct thawfs *fs, struct tnode *n, struct blob **b);
 void file_unpin(struct thawfs *fs, struct tnode *n);

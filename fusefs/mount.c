@@ -123,9 +123,10 @@ static void ctl_handle(void *arg, const char *req, FILE *out)
  * opened in the background from the moment the root is listed, and the
  * GET overlaps the mounting and the reader's own start (a LOOKUP that comes
  * sooner waits for the same open, never starts a second).  `ls -l` of the
- * root then finds every size ready, too.  Opening fetches no chunk (a
- * plain object's first 64 KiB come with its open; an image's chunks wait for
- * a reader).  Only the first THAW_FUSE_PREOPEN files (default 8, 0 = none)
+ * root then finds every size ready, too.  Each file's first chunk is
+ * asked for at readahead priority, since a first read usually starts at 0
+ * (a plain object's first 64 KiB come with its open anyway; an image's first
+ * chunk costs one more GET).  Only the first THAW_FUSE_PREOPEN files (default 8, 0 = none)
  * are opened, a few at a time; a pre-opened blob that is never looked up
  * stays open until the unmount, like one whose inode the kernel still
  * remembers. */
@@ -149,7 +150,8 @@ static void *preopen_main(void *arg)
 		if (i >= po->n || __atomic_load_n(&po->stop, __ATOMIC_ACQUIRE))
 			break;
 		/* A failure is noted on the file (thaw status), and its LOOKUP tries again. */
-		file_probe(po->fs, po->v[i]);
+		if (file_probe(po->fs, po->v[i]) == 0)
+			file_prefetch_head(po->v[i]);
 	}
 	return NULL;
 }

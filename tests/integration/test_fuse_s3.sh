@@ -58,15 +58,22 @@ curl -sf -T "$T/src/b" "$UP/elsewhere/x" >/dev/null || fail "put elsewhere"
 [ "$(ls "$M" | tr '\n' ' ')" = "a.img f.img plain.bin sub " ] || fail "tree: $(ls "$M" | tr '\n' ' ')"
 [ "$(stat -c %s "$M/a.img")" = $((20 << 20)) ] || fail "a.img size $(stat -c %s "$M/a.img")"
 [ "$(stat -c %s "$M/plain.bin")" = $((9 * 1048576 + 123)) ] || fail "plain.bin size"
+# Files at the root are opened at mount and their first chunk asked for: let
+# that settle (and the proxy log it) before counting from here on.
+i=0
+while [ "$(file_field a.img inflight)" != 0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+sleep 0.3
 fault_clear
+f0=$(file_field a.img fetches)
 timeout -k 5 120 cmp "$T/src/a" "$M/a.img" || fail "a.img differs"
 # (the proxy logs a request after its last byte is sent, which can be after
 # the daemon has used the answer: give the log a moment to catch up)
 i=0
-while gets=$(fault_gets ".thaw/chunks/") && [ "$gets" != "$(file_field a.img fetches)" ] && [ $i -lt 20 ]; do
+while gets=$(fault_gets ".thaw/chunks/") && [ "$gets" != $(($(file_field a.img fetches) - f0)) ] && [ $i -lt 20 ]; do
 	sleep 0.1; i=$((i + 1))
 done
-[ "$gets" = "$(file_field a.img fetches)" ] || fail "a.img: $gets chunk GETs at the proxy, $(file_field a.img fetches) fetches"
+[ "$gets" = $(($(file_field a.img fetches) - f0)) ] ||
+	fail "a.img: $gets chunk GETs at the proxy, $(($(file_field a.img fetches) - f0)) fetches"
 [ "$gets" -lt 20 ] || fail "a.img: $gets GETs for 20 chunks, some zero"
 timeout -k 5 120 cmp "$T/src/plain" "$M/plain.bin" || fail "plain.bin differs"
 timeout -k 5 60 cmp "$T/src/b" "$M/sub/b.img" || fail "sub/b.img differs"
