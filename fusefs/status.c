@@ -1,6 +1,7 @@
 /* status.c - what `thaw status` shows: the mount, its store, the hydrator
  * and, per file the mount has touched, how much is present locally, what was
- * fetched, how fast, and when it will be complete.  Rendered here, in the
+ * fetched, how fast, and when it will be complete; files not touched yet are
+ * counted (a bucket may list thousands).  Rendered here, in the
  * daemon, as JSON or as a table, so the client stays a pipe. */
 #include <stdio.h>
 #include <string.h>
@@ -80,6 +81,20 @@ static int row_of(struct tnode *n, struct frow *r)
 	return 0;
 }
 
+/* Files in the tree the mount has not touched yet (no row): how many, and
+ * their size as listed. */
+static void untouched(struct thawfs *fs, uint64_t max, uint64_t *nfiles, uint64_t *bytes)
+{
+	*nfiles = *bytes = 0;
+	for (uint64_t ino = 1; ino <= max; ino++) {
+		struct tnode *n = tree_get(&fs->tree, ino);
+		if (n && !n->is_dir && !__atomic_load_n(&n->f, __ATOMIC_ACQUIRE)) {
+			(*nfiles)++;
+			*bytes += file_size(n);
+		}
+	}
+}
+
 static void eta_text(double eta, char *buf, size_t n)
 {
 	if (eta < 0)
@@ -105,6 +120,8 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 	double up = (double)(now_ns() - fs->t0_ns) / 1e9;
 	uint64_t max = tree_max_ino(&fs->tree);
 	struct frow r;
+	uint64_t nun, bun;
+	untouched(fs, max, &nun, &bun);
 
 	if (json) {
 		fprintf(o, "{\"mountpoint\":");
@@ -123,7 +140,8 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 			fs->hy ? "true" : "false", (unsigned long long)q, (unsigned long long)hdone,
 			(unsigned long long)hfailed);
 		json_write_str(o, curpath);
-		fprintf(o, "},\"files\":[");
+		fprintf(o, "},\"untouched\":{\"files\":%llu,\"bytes\":%llu},\"files\":[", (unsigned long long)nun,
+			(unsigned long long)bun);
 		int first = 1;
 		for (uint64_t ino = 1; ino <= max; ino++) {
 			struct tnode *n = tree_get(&fs->tree, ino);
@@ -209,4 +227,9 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 	}
 	if (!any)
 		fprintf(o, "(no file opened yet)\n");
+	if (nun) {
+		fmt_bytes((double)bun, a, sizeof a);
+		fprintf(o, "%s%llu listed file%s (%s) not looked up yet in this mount\n", any ? "and " : "",
+			(unsigned long long)nun, nun == 1 ? "" : "s", a);
+	}
 }

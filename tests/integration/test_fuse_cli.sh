@@ -43,6 +43,20 @@ rc=0; "$THAW" mount "file://$T/missing/" "$M" --cache "$C" --foreground 2>"$T/er
 [ $rc != 0 ] || fail "foreground mount of a missing store exited 0"
 grep -q "missing" "$T/err" || fail "foreground failure does not name the store: $(cat "$T/err")"
 
+# Status counts listed files no lookup has touched yet (none pre-opened here).
+mkdir -p "$S/more"
+for k in 1 2 3; do head -c $((k * 1000)) /dev/urandom >"$S/more/f$k"; done
+THAW_FUSE_PREOPEN=0 "$THAW" mount "file://$S/" "$M" --cache "$C" || fail "mount for untouched files"
+ls "$M/more" >/dev/null
+[ "$(py "s['untouched']['files']")" = 4 ] || fail "untouched files: $(py "s['untouched']")"
+[ "$(py "s['untouched']['bytes']")" = $(((12 << 20) + 6000)) ] || fail "untouched bytes: $(py "s['untouched']")"
+cmp "$S/more/f2" "$M/more/f2" || fail "more/f2 differs"
+[ "$(py "s['untouched']['files']")" = 3 ] || fail "untouched after reading one: $(py "s['untouched']")"
+"$THAW" status "$M" --once | grep -q "and 3 listed files (.*) not looked up yet" ||
+	fail "the table does not count untouched files: $("$THAW" status "$M" --once)"
+fusermount3 -u "$M" || fail "unmount"
+rm -rf "$S/more"
+
 # --hydrate with a cap: 12 MiB at 4 MiB/s takes about 3 s, not less.
 "$THAW" mount "file://$S/" "$M" --cache "$T/cache2" --hydrate --hydrate-rate 4M || fail "mount --hydrate"
 stat "$M/data.bin" >/dev/null
