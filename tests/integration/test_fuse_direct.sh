@@ -12,13 +12,28 @@ make_mixed "$T/src/disk" $((6 * 1048576 + 4321))
 "$THAW" push "$T/src/disk" "file://$S/disk.img" >/dev/null || fail "push"
 
 reads() { file_field "$1" reads; }
-# read_twice FILE: read its second MiB twice (each in one 1 MiB read) and
-# print how many READs the second pass made.
+# read_twice FILE WANT: read its second MiB twice (each one 1 MiB pread, on
+# one descriptor advised POSIX_FADV_RANDOM: through the page cache a re-read
+# would otherwise set off readahead past it) and print how many READs the
+# second pass made.
 read_twice() {
-	dd if="$M/$1" bs=1M skip=1 count=1 status=none | cmp -s - "$2" || fail "$1: second MiB differs"
-	r0=$(reads "$1")
-	dd if="$M/$1" bs=1M skip=1 count=1 status=none | cmp -s - "$2" || fail "$1: second MiB differs on re-read"
-	echo $(($(reads "$1") - r0))
+	mkfifo "$T/go" "$T/done"
+	python3 - "$M/$1" "$2" "$T/go" "$T/done" <<'PY' &
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+want = open(sys.argv[2], 'rb').read()
+for _ in range(2):
+    assert os.pread(fd, 1 << 20, 1 << 20) == want, "second MiB differs"
+    open(sys.argv[4], 'w').write("read\n")
+    open(sys.argv[3]).read()
+PY
+	pid=$!
+	read -r _ <"$T/done"; r0=$(reads "$1"); : >"$T/go"
+	read -r _ <"$T/done"; r1=$(reads "$1"); : >"$T/go"
+	wait $pid || fail "$1: second MiB differs"
+	rm -f "$T/go" "$T/done"
+	echo $((r1 - r0))
 }
 dd if="$S/plain.bin" bs=1M skip=1 count=1 status=none >"$T/plain.mib1"
 dd if="$T/src/disk" bs=1M skip=1 count=1 status=none >"$T/disk.mib1"
