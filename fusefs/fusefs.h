@@ -35,6 +35,7 @@ struct fusefs_opts {
 	unsigned kernel_readahead_kb; /* the kernel's readahead for this mount (root only; 0 = leave it) */
 	int direct_io;            /* read files not wholly cached past FUSE's page cache */
 	int no_passthrough;       /* serve complete files through this process, not FUSE passthrough */
+	unsigned list_ttl_s;      /* re-list a directory at most this often, on a miss or opendir (0 = never) */
 };
 
 void fusefs_opts_default(struct fusefs_opts *o);

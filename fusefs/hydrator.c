@@ -149,8 +149,9 @@ static void *hydrator_main(void *arg)
 			if (rc < 0)
 				log_error("hydrate: %s", err_msg());
 			pthread_mutex_lock(&h->mu);
-			for (size_t i = 0; rc == 0 && i < n->nkids; i++)
-				if (push(h, n->kids[i]) < 0)
+			const struct kids *k = tree_kids(n);
+			for (size_t i = 0; rc == 0 && i < k->n; i++)
+				if (push(h, k->v[i]) < 0)
 					log_error("hydrate: %s", err_msg());
 			continue;
 		}

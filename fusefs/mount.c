@@ -43,6 +43,7 @@ void fusefs_opts_default(struct fusefs_opts *o)
 	o->readahead_max = 64u << 20;
 	o->chunk_size = 0; /* the blob's default */
 	o->kernel_readahead_kb = 1024;
+	o->list_ttl_s = 30;
 }
 
 /* The mount shows a prefix.  For file:// the store is rooted at that
@@ -165,12 +166,13 @@ static void preopen_start(struct thawfs *fs, struct preopen *po)
 	if (e)
 		max = atol(e);
 	struct tnode *root = fs->tree.root;
-	size_t cap = root->nkids < (size_t)max ? root->nkids : (size_t)max;
+	const struct kids *k = tree_kids(root);
+	size_t cap = k->n < (size_t)max ? k->n : (size_t)max;
 	if (max <= 0 || !cap || !(po->v = calloc(cap, sizeof *po->v)))
 		return;
-	for (size_t i = 0; i < root->nkids && po->n < (size_t)max; i++)
-		if (!root->kids[i]->is_dir)
-			po->v[po->n++] = root->kids[i];
+	for (size_t i = 0; i < k->n && po->n < (size_t)max; i++)
+		if (!k->v[i]->is_dir)
+			po->v[po->n++] = k->v[i];
 	while (po->nth < PREOPEN_THREADS && (size_t)po->nth < po->n) {
 		if (pthread_create(&po->th[po->nth], NULL, preopen_main, po)) {
 			log_warn("cannot start a thread to open files ahead of their first lookup");
@@ -387,6 +389,7 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 	int tree_ok = 0;
 	struct preopen po = { 0 };
 	if (rc == 0 && (rc = tree_init(&fs->tree, fs->s, &fs->url, &fs->scfg)) == 0) {
+		fs->tree.list_ttl_ns = (uint64_t)fs->o.list_ttl_s * 1000000000ull;
 		tree_ok = 1;
 		rc = tree_list(&fs->tree, fs->tree.root);
 		if (rc < 0)

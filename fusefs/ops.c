@@ -103,8 +103,12 @@ static void tl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct fuse_entry_param e;
 	memset(&e, 0, sizeof e);
 	struct tnode *n = tree_child(p, name);
+	if (!n && tree_refresh(&fs->tree, p) > 0)
+		n = tree_child(p, name); /* the name may have appeared in the store */
 	if (!n) {
-		e.entry_timeout = TTL; /* a negative entry: the kernel remembers the miss */
+		/* A negative entry: the kernel remembers the miss, until the
+		 * directory may be listed again. */
+		e.entry_timeout = fs->o.list_ttl_s ? (double)fs->o.list_ttl_s : TTL;
 		fuse_reply_entry(req, &e);
 		return;
 	}
@@ -285,20 +289,25 @@ static void tl_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
-	if (tree_list(&FS(req)->tree, n) < 0) {
+	if (tree_refresh(&FS(req)->tree, n) < 0) {
 		log_error("opendir: %s", err_msg());
 		fuse_reply_err(req, EIO);
 		return;
 	}
+	/* The handle reads the children as they are now (a later re-listing
+	 * cannot shift its offsets); the kernel keeps its cached entries unless
+	 * they changed since it last opened the directory. */
+	uint64_t gen = __atomic_load_n(&n->gen, __ATOMIC_ACQUIRE);
+	fi->fh = (uintptr_t)tree_kids(n);
 	fi->cache_readdir = 1;
-	fi->keep_cache = 1;
+	fi->keep_cache = __atomic_exchange_n(&n->gen_opened, gen, __ATOMIC_ACQ_REL) == gen;
 	fuse_reply_open(req, fi);
 }
 
 static void tl_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
-	(void)fi;
 	struct tnode *n = node_or_reply(req, ino);
+	const struct kids *kids = (const struct kids *)(uintptr_t)fi->fh;
 	if (!n)
 		return;
 	char *buf = malloc(size);
@@ -307,7 +316,7 @@ static void tl_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 		return;
 	}
 	size_t pos = 0;
-	for (uint64_t i = (uint64_t)off; i < n->nkids + 2; i++) {
+	for (uint64_t i = (uint64_t)off; i < kids->n + 2; i++) {
 		struct stat st;
 		memset(&st, 0, sizeof st);
 		const char *name;
@@ -316,7 +325,7 @@ static void tl_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 			st.st_ino = i && n->parent ? n->parent->ino : n->ino;
 			st.st_mode = S_IFDIR;
 		} else {
-			struct tnode *k = n->kids[i - 2];
+			struct tnode *k = kids->v[i - 2];
 			name = k->name;
 			st.st_ino = k->ino;
 			st.st_mode = k->is_dir ? S_IFDIR : S_IFREG;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "../common/log.h"
+#include "../common/timeutil.h"
 #include "tree.h"
 
 #define NAME_MAX_LEN 255 /* what the kernel will ever look up */
@@ -33,6 +34,24 @@ static void node_free(struct tnode *n)
 	free(n->key);
 	free(n->kids);
 	free(n);
+}
+
+static const struct kids no_kids = { 0, NULL };
+
+const struct kids *tree_kids(const struct tnode *dir)
+{
+	const struct kids *k = __atomic_load_n(&dir->kids, __ATOMIC_ACQUIRE);
+	return k ? k : &no_kids;
+}
+
+static struct kids *kids_new(size_t n)
+{
+	struct kids *k = malloc(sizeof *k + n * sizeof k->v[0]);
+	if (k) {
+		k->n = n;
+		k->retired = NULL;
+	}
+	return k;
 }
 
 /* Give n an inode number and make it findable.  Called with t->mu held. */
@@ -142,6 +161,64 @@ static int by_name(const void *a, const void *b)
 	return c ? c : y->is_dir - x->is_dir;
 }
 
+/* List dir into a sorted array of new, unpublished nodes (one per name: a
+ * name that is both an object and a prefix shows as the directory).  Called
+ * with t->mu held.  0, or <0 + err_msg with nothing left allocated. */
+static int list_dir(struct tree *t, struct tnode *dir, struct listing *l)
+{
+	memset(l, 0, sizeof *l);
+	l->t = t;
+	l->dir = dir;
+	l->plen = strlen(dir->key);
+	int rc = store_list(t->s, dir->key, "/", on_entry, l);
+	if (l->err)
+		rc = err_set(ENOMEM, "out of memory listing %s", dir->key[0] ? dir->key : "the mount root");
+	else if (rc < 0)
+		rc = err_wrap(rc, "list '%s'", dir->key);
+	if (rc < 0) {
+		for (size_t i = 0; i < l->n; i++)
+			node_free(l->v[i]);
+		free(l->v);
+		l->v = NULL;
+		l->n = 0;
+		return rc;
+	}
+	if (l->n)
+		qsort(l->v, l->n, sizeof *l->v, by_name);
+	size_t w = 0;
+	for (size_t i = 0; i < l->n; i++) {
+		if (w && !strcmp(l->v[w - 1]->name, l->v[i]->name)) {
+			log_warn("%s is both an object and a prefix; showing the directory", l->v[i]->key);
+			node_free(l->v[i]);
+			continue;
+		}
+		l->v[w++] = l->v[i];
+	}
+	l->n = w;
+	return 0;
+}
+
+/* Give the nodes v[0..n) numbers; on failure those numbered stay (reachable
+ * by number) and the rest are freed, and *n says how many are kept. */
+static int publish_all(struct tree *t, struct tnode **v, size_t *n)
+{
+	int rc = 0;
+	size_t i = 0;
+	for (; rc == 0 && i < *n; i++)
+		rc = publish(t, v[i]);
+	if (rc == 0)
+		return 0;
+	size_t w = 0;
+	for (size_t j = 0; j < *n; j++) {
+		if (v[j]->ino)
+			v[w++] = v[j];
+		else
+			node_free(v[j]);
+	}
+	*n = w;
+	return rc;
+}
+
 int tree_list(struct tree *t, struct tnode *dir)
 {
 	if (__atomic_load_n(&dir->listed, __ATOMIC_ACQUIRE))
@@ -153,55 +230,92 @@ int tree_list(struct tree *t, struct tnode *dir)
 		pthread_mutex_unlock(&t->mu);
 		return 0;
 	}
-	struct listing l = { .t = t, .dir = dir, .plen = strlen(dir->key) };
-	int rc = store_list(t->s, dir->key, "/", on_entry, &l);
-	if (l.err)
+	struct listing l;
+	int rc = list_dir(t, dir, &l);
+	struct kids *k = NULL;
+	if (rc == 0 && (rc = publish_all(t, l.v, &l.n)) < 0)
+		l.n = 0; /* numbered nodes stay reachable by number; the listing is retried */
+	if (rc == 0 && !(k = kids_new(l.n)))
 		rc = err_set(ENOMEM, "out of memory listing %s", dir->key[0] ? dir->key : "the mount root");
-	else if (rc < 0)
-		rc = err_wrap(rc, "list '%s'", dir->key);
-	if (rc == 0 && l.n) {
-		qsort(l.v, l.n, sizeof *l.v, by_name);
-		size_t w = 0;
-		for (size_t i = 0; i < l.n; i++) {
-			if (w && !strcmp(l.v[w - 1]->name, l.v[i]->name)) {
-				log_warn("%s is both an object and a prefix; showing the directory", l.v[i]->key);
-				node_free(l.v[i]);
-				continue;
-			}
-			l.v[w++] = l.v[i];
-		}
-		l.n = w;
-		for (size_t i = 0; rc == 0 && i < l.n; i++)
-			rc = publish(t, l.v[i]);
-		if (rc < 0) {
-			/* Nodes already published stay reachable by number; keep them, drop the rest. */
-			for (size_t i = 0; i < l.n; i++)
-				if (!l.v[i]->ino)
-					node_free(l.v[i]);
-			l.n = 0;
-		}
-	}
-	if (rc < 0) {
-		for (size_t i = 0; i < l.n; i++)
-			node_free(l.v[i]);
-		free(l.v);
-	} else {
-		dir->kids = l.v;
-		dir->nkids = l.n;
+	if (rc == 0) {
+		memcpy(k->v, l.v, l.n * sizeof *l.v);
+		dir->listed_ns = now_ns();
+		__atomic_store_n(&dir->kids, k, __ATOMIC_RELEASE);
 		__atomic_store_n(&dir->listed, 1, __ATOMIC_RELEASE);
+	} else {
+		for (size_t i = 0; i < l.n; i++)
+			if (!l.v[i]->ino)
+				node_free(l.v[i]);
 	}
+	free(l.v);
 	pthread_mutex_unlock(&t->mu);
 	return rc;
 }
 
+int tree_refresh(struct tree *t, struct tnode *dir)
+{
+	if (!__atomic_load_n(&dir->listed, __ATOMIC_ACQUIRE))
+		return tree_list(t, dir);
+	if (!t->list_ttl_ns)
+		return 0;
+	pthread_mutex_lock(&t->mu);
+	uint64_t now = now_ns();
+	if (now - dir->listed_ns < t->list_ttl_ns) {
+		pthread_mutex_unlock(&t->mu);
+		return 0;
+	}
+	dir->listed_ns = now; /* a failure, too, waits for the next TTL */
+	struct listing l;
+	if (list_dir(t, dir, &l) < 0) {
+		log_warn("keeping the old listing: %s", err_msg());
+		pthread_mutex_unlock(&t->mu);
+		return 0;
+	}
+	/* Merge: every old child stays, names seen for the first time join. */
+	struct kids *old = dir->kids;
+	size_t nnew = 0;
+	for (size_t i = 0; i < l.n; i++) {
+		if (tree_child(dir, l.v[i]->name)) {
+			node_free(l.v[i]);
+			continue;
+		}
+		l.v[nnew++] = l.v[i];
+	}
+	int rc = nnew ? publish_all(t, l.v, &nnew) : 0;
+	struct kids *k = nnew ? kids_new(old->n + nnew) : NULL;
+	if (nnew && !k) {
+		/* Numbered nodes stay reachable by number; the names wait for the next TTL. */
+		log_warn("out of memory adding %zu new names to %s", nnew, dir->key[0] ? dir->key : "the mount root");
+		nnew = 0;
+	} else if (rc < 0) {
+		log_warn("adding names to %s: %s", dir->key[0] ? dir->key : "the mount root", err_msg());
+	}
+	if (nnew) {
+		size_t a = 0, b = 0, w = 0;
+		while (a < old->n || b < nnew)
+			k->v[w++] = b == nnew || (a < old->n && strcmp(old->v[a]->name, l.v[b]->name) < 0) ? old->v[a++]
+													   : l.v[b++];
+		old->retired = t->retired;
+		t->retired = old;
+		__atomic_store_n(&dir->kids, k, __ATOMIC_RELEASE);
+		__atomic_add_fetch(&dir->gen, 1, __ATOMIC_RELEASE);
+		log_info("%s: %zu new name%s in the store", dir->key[0] ? dir->key : "the mount root", nnew,
+			 nnew == 1 ? "" : "s");
+	}
+	free(l.v);
+	pthread_mutex_unlock(&t->mu);
+	return nnew ? 1 : 0;
+}
+
 struct tnode *tree_child(const struct tnode *dir, const char *name)
 {
-	size_t lo = 0, hi = dir->nkids;
+	const struct kids *k = tree_kids(dir);
+	size_t lo = 0, hi = k->n;
 	while (lo < hi) {
 		size_t mid = (lo + hi) / 2;
-		int c = strcmp(name, dir->kids[mid]->name);
+		int c = strcmp(name, k->v[mid]->name);
 		if (!c)
-			return dir->kids[mid];
+			return k->v[mid];
 		if (c < 0)
 			hi = mid;
 		else
@@ -266,5 +380,10 @@ void tree_destroy(struct tree *t)
 	}
 	for (size_t i = 0; i < TREE_L1; i++)
 		free(t->tab[i]);
+	while (t->retired) {
+		struct kids *k = t->retired;
+		t->retired = k->retired;
+		free(k);
+	}
 	pthread_mutex_destroy(&t->mu);
 }

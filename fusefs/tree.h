@@ -1,11 +1,16 @@
 /* tree.h - the directory tree a thaw mount shows, built from store listings.
  *
  * Objects under the mount's prefix are files and common prefixes ("a/") are
- * directories.  A directory is listed once, on first visit (store_list with
- * delimiter "/", all pages); the tree is a snapshot of the store as it was
- * then and never forgets a node, so an inode number stays valid for the life
- * of the mount and the kernel may cache entries and attributes for long.
- * thaw's own chunk store (".thaw/") is hidden at every level.
+ * directories.  A directory is listed on first visit (store_list with
+ * delimiter "/", all pages), and listed again when asked for a name it lacks
+ * or opened for reading once its listing is older than the list TTL: names
+ * that appeared are added.  The tree never forgets a node (an object removed
+ * from the store stays listed, and opening it fails), so an inode number
+ * stays valid for the life of the mount and the kernel may cache entries and
+ * attributes for long.  A directory's children are an immutable sorted array
+ * published with a release store; a re-listing that finds new names publishes
+ * a new array and keeps the old one until the unmount, so readers need no
+ * lock.  thaw's own chunk store (".thaw/") is hidden at every level.
  *
  * Inode numbers index a two-level table that readers walk without a lock:
  * slots are published with release stores and never move. */
@@ -18,6 +23,14 @@
 #include "../objstore/store.h"
 
 struct tfile;
+struct tnode;
+
+/* A directory's children, sorted by name; never changed once published. */
+struct kids {
+	size_t n;
+	struct kids *retired; /* t->retired chain, freed at tree_destroy */
+	struct tnode *v[];
+};
 
 struct tnode {
 	uint64_t ino;
@@ -30,8 +43,10 @@ struct tnode {
 
 	/* directories */
 	int listed;          /* kids are valid (acquire-load it) */
-	struct tnode **kids; /* sorted by name */
-	size_t nkids;
+	struct kids *kids;   /* sorted by name (acquire-load it: tree_kids) */
+	uint64_t listed_ns;  /* when last listed (t->mu) */
+	uint64_t gen;        /* bumped when kids is replaced (atomic) */
+	uint64_t gen_opened; /* gen when last opened for reading (atomic) */
 	struct store *dstore;/* file:// only: a store rooted at this directory */
 
 	/* files */
@@ -48,6 +63,8 @@ struct tree {
 	struct store_config scfg;/* for the per-directory stores of file:// */
 	int per_dir_stores;      /* file://: images keep their chunks per directory */
 	pthread_mutex_t mu;      /* listing, table growth, per-directory stores */
+	uint64_t list_ttl_ns;    /* re-list a directory at most this often (0 = never) */
+	struct kids *retired;    /* replaced children arrays (mu) */
 	struct tnode **tab[TREE_L1];
 	uint64_t next_ino;       /* atomic */
 	struct tnode *root;
@@ -62,6 +79,13 @@ void tree_destroy(struct tree *t);
 struct tnode *tree_get(struct tree *t, uint64_t ino);
 /* Make sure dir has been listed; 0 or <0 + err_msg naming the prefix. */
 int tree_list(struct tree *t, struct tnode *dir);
+/* List dir again if its listing is older than the list TTL, adding the names
+ * that appeared; 1 if any did, 0 if not (a failed listing is logged, and the
+ * old one kept until the TTL passes again), <0 + err_msg only if dir could
+ * not be listed even once. */
+int tree_refresh(struct tree *t, struct tnode *dir);
+/* dir's children now (never NULL; empty before the first listing). */
+const struct kids *tree_kids(const struct tnode *dir);
 /* A child of a listed directory by name, or NULL. */
 struct tnode *tree_child(const struct tnode *dir, const char *name);
 /* Where a file's bytes are: the store and the key to hand to blob_open. */

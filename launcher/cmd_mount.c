@@ -39,7 +39,7 @@ static void mount_usage(FILE *f)
 		"                  [--allow-other] [--jobs N] [--store-jobs N] [--hydrate-jobs N]\n"
 		"                  [--hydrate-rate BYTES/s] [--readahead MAX] [--chunk-size N]\n"
 		"                  [--kernel-readahead KB] [--no-passthrough] [--direct-io]\n"
-		"                  [--debug]\n\n"
+		"                  [--list-ttl SECONDS] [--debug]\n\n"
 		"Serve the objects under URL (file:///dir/ or s3://bucket/prefix/) as files at\n"
 		"MOUNTPOINT, fetched lazily: a read fetches only the chunks it needs (sequential\n"
 		"reads open a readahead window that doubles up to --readahead), concurrent readers\n"
@@ -66,6 +66,10 @@ static void mount_usage(FILE *f)
 		"  --no-passthrough   keep serving files that are wholly cached through the daemon;\n"
 		"                     by default (read-only mounts, root, Linux 6.9+) the kernel\n"
 		"                     reads such a file straight from the cache (FUSE passthrough)\n"
+		"  --list-ttl S       a directory is listed again, to show objects added to the store,\n"
+		"                     when a name is looked up that it lacks or when it is read, at\n"
+		"                     most every S seconds (default 30; 0 = never: a snapshot).\n"
+		"                     Objects removed from the store stay listed until a remount\n"
 		"  --direct-io        read files not wholly cached past FUSE's page cache: each byte\n"
 		"                     is then held in memory once (as the cache's data file), not\n"
 		"                     twice, and large reads stream faster; but every read(2) is a\n"
@@ -142,6 +146,7 @@ int cmd_mount(int argc, char **argv)
 		{ "readahead", 1, 0, 'r' },   { "chunk-size", 1, 0, 'C' },    { "store-timeout", 1, 0, 'T' },
 		{ "debug", 0, 0, 'd' },       { "help", 0, 0, 'h' },          { "kernel-readahead", 1, 0, 'K' },
 		{ "no-passthrough", 0, 0, 'P' }, { "direct-io", 0, 0, 'D' },
+		{ "list-ttl", 1, 0, 'L' },
 		{ 0, 0, 0, 0 },
 	};
 	int c;
@@ -166,6 +171,11 @@ int cmd_mount(int argc, char **argv)
 			else if (c == 'S') o.store_jobs = (int)v;
 			else if (c == 'J') o.hydrate_jobs = (int)v;
 			else o.store_timeout_ms = v;
+			break;
+		case 'L':
+			if (cli_parse_size(optarg, &v) < 0 || v > 86400 * 365)
+				return fprintf(stderr, "thaw mount: bad --list-ttl '%s' (seconds, 0 = never)\n", optarg), 2;
+			o.list_ttl_s = (unsigned)v;
 			break;
 		case 'K':
 			if (cli_parse_size(optarg, &v) < 0 || v > 1048576)
