@@ -88,6 +88,14 @@ static struct tnode *resolve(struct thawfs *fs, const char *path)
 	return n;
 }
 
+/* --hydrate: names a re-listing finds are hydrated too. */
+static void hydrate_new(void *arg, struct tnode *n)
+{
+	struct thawfs *fs = arg;
+	if (hydrator_add(fs->hy, n) < 0)
+		log_error("hydrate %s: %s", n->key, err_msg());
+}
+
 /* The control channel's requests (protocol in fusefs.h). */
 static void ctl_handle(void *arg, const char *req, FILE *out)
 {
@@ -454,6 +462,10 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		rc = hydrator_start(fs, &fs->hy);
 		if (rc == 0)
 			rc = hydrator_add(fs->hy, fs->tree.root);
+		if (rc == 0) {
+			fs->tree.on_new = hydrate_new;
+			fs->tree.on_new_arg = fs;
+		}
 	}
 
 	if (rc == 0) {

@@ -302,8 +302,10 @@ int tree_refresh(struct tree *t, struct tnode *dir)
 		log_info("%s: %zu new name%s in the store", dir->key[0] ? dir->key : "the mount root", nnew,
 			 nnew == 1 ? "" : "s");
 	}
-	free(l.v);
 	pthread_mutex_unlock(&t->mu);
+	for (size_t i = 0; t->on_new && i < nnew; i++)
+		t->on_new(t->on_new_arg, l.v[i]);
+	free(l.v);
 	return nnew ? 1 : 0;
 }
 

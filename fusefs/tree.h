@@ -65,6 +65,9 @@ struct tree {
 	pthread_mutex_t mu;      /* listing, table growth, per-directory stores */
 	uint64_t list_ttl_ns;    /* re-list a directory at most this often (0 = never) */
 	struct kids *retired;    /* replaced children arrays (mu) */
+	/* Optional: told of each node a re-listing adds (not under mu). */
+	void (*on_new)(void *arg, struct tnode *n);
+	void *on_new_arg;
 	struct tnode **tab[TREE_L1];
 	uint64_t next_ino;       /* atomic */
 	struct tnode *root;

@@ -2,8 +2,8 @@
 # show up: a lookup of a name the directory lacks, or a read of the
 # directory, lists it again once its listing is older than --list-ttl (the
 # kernel's negative entries and cached directory pages last no longer).
-# Names never go away (a removed object stays listed); --list-ttl 0 keeps
-# the mount a snapshot.
+# Names never go away (a removed object stays listed); with --hydrate new
+# names are hydrated too; --list-ttl 0 keeps the mount a snapshot.
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/../fuse_lib.sh"
 
@@ -36,6 +36,23 @@ rm "$S/d.bin"
 sleep 1.3
 [ "$(ls "$M" | tr '\n' ' ')" = "a.bin b.bin d.bin e.bin sub " ] || fail "ls after a removal: $(ls "$M" | tr '\n' ' ')"
 unmount
+
+# --hydrate: names found by a re-listing are hydrated too.
+rm -rf "$C"
+"$THAW" mount "file://$S/" "$M" --cache "$C" --list-ttl 1 --hydrate || fail "mount --hydrate --list-ttl 1"
+head -c 500000 /dev/urandom >"$S/g.bin"
+sleep 1.3
+ls "$M" | grep -q g.bin || fail "ls does not show g.bin"
+i=0
+# (a hydrated file nobody has looked up is closed again: its row keeps the
+# bytes fetched)
+until [ "$(py "[f['bytes_fetched'] for f in s['files'] if f['path'] == 'g.bin']")" = "[500000]" ]; do
+	i=$((i + 1)); [ $i -lt 100 ] || fail "g.bin, found by a re-listing, was not hydrated in 10 s: $(py "s['hydrator']")"
+	sleep 0.1
+done
+cmp "$S/g.bin" "$M/g.bin" || fail "g.bin differs"
+unmount
+rm "$S/g.bin"
 
 # --list-ttl 0: a snapshot.
 rm -rf "$C"
