@@ -31,10 +31,20 @@ static const char *hydrate_name(int h)
 	return h >= 0 && h <= 3 ? names[h] : "?";
 }
 
-/* Fill r from n; 0 if n is a file the mount has touched. */
-static int row_of(struct tnode *n, struct frow *r)
+/* A count of the files the mount has not touched yet, and their listed size. */
+struct untouched {
+	uint64_t files, bytes;
+};
+
+/* Fill r from n; 0 if n is a file the mount has touched (one it has not is
+ * counted in u instead). */
+static int row_of(struct tnode *n, struct frow *r, struct untouched *u)
 {
 	struct tfile *f = __atomic_load_n(&n->f, __ATOMIC_ACQUIRE);
+	if (!n->is_dir && !f) {
+		u->files++;
+		u->bytes += n->list_size;
+	}
 	if (n->is_dir || !f)
 		return -1;
 	memset(r, 0, sizeof *r);
@@ -81,20 +91,6 @@ static int row_of(struct tnode *n, struct frow *r)
 	return 0;
 }
 
-/* Files in the tree the mount has not touched yet (no row): how many, and
- * their size as listed. */
-static void untouched(struct thawfs *fs, uint64_t max, uint64_t *nfiles, uint64_t *bytes)
-{
-	*nfiles = *bytes = 0;
-	for (uint64_t ino = 1; ino <= max; ino++) {
-		struct tnode *n = tree_get(&fs->tree, ino);
-		if (n && !n->is_dir && !__atomic_load_n(&n->f, __ATOMIC_ACQUIRE)) {
-			(*nfiles)++;
-			*bytes += file_size(n);
-		}
-	}
-}
-
 static void eta_text(double eta, char *buf, size_t n)
 {
 	if (eta < 0)
@@ -120,8 +116,7 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 	double up = (double)(now_ns() - fs->t0_ns) / 1e9;
 	uint64_t max = tree_max_ino(&fs->tree);
 	struct frow r;
-	uint64_t nun, bun;
-	untouched(fs, max, &nun, &bun);
+	struct untouched u = { 0, 0 };
 
 	if (json) {
 		fprintf(o, "{\"mountpoint\":");
@@ -140,12 +135,11 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 			fs->hy ? "true" : "false", (unsigned long long)q, (unsigned long long)hdone,
 			(unsigned long long)hfailed);
 		json_write_str(o, curpath);
-		fprintf(o, "},\"untouched\":{\"files\":%llu,\"bytes\":%llu},\"files\":[", (unsigned long long)nun,
-			(unsigned long long)bun);
+		fprintf(o, "},\"files\":[");
 		int first = 1;
 		for (uint64_t ino = 1; ino <= max; ino++) {
 			struct tnode *n = tree_get(&fs->tree, ino);
-			if (!n || row_of(n, &r) < 0)
+			if (!n || row_of(n, &r, &u) < 0)
 				continue;
 			fprintf(o, "%s{\"path\":", first ? "" : ",");
 			first = 0;
@@ -170,7 +164,8 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 			json_write_str(o, r.err);
 			fprintf(o, "}");
 		}
-		fprintf(o, "]}\n");
+		fprintf(o, "],\"untouched\":{\"files\":%llu,\"bytes\":%llu}}\n", (unsigned long long)u.files,
+			(unsigned long long)u.bytes);
 		return;
 	}
 
@@ -196,7 +191,7 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 	int any = 0;
 	for (uint64_t ino = 1; ino <= max; ino++) {
 		struct tnode *n = tree_get(&fs->tree, ino);
-		if (!n || row_of(n, &r) < 0)
+		if (!n || row_of(n, &r, &u) < 0)
 			continue;
 		any = 1;
 		double pct = r.size ? 100.0 * (double)r.present_bytes / (double)r.size : 100.0;
@@ -227,9 +222,9 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 	}
 	if (!any)
 		fprintf(o, "(no file opened yet)\n");
-	if (nun) {
-		fmt_bytes((double)bun, a, sizeof a);
+	if (u.files) {
+		fmt_bytes((double)u.bytes, a, sizeof a);
 		fprintf(o, "%s%llu listed file%s (%s) not looked up yet in this mount\n", any ? "and " : "",
-			(unsigned long long)nun, nun == 1 ? "" : "s", a);
+			(unsigned long long)u.files, u.files == 1 ? "" : "s", a);
 	}
 }

@@ -38,6 +38,9 @@ static void node_free(struct tnode *n)
 
 static const struct kids no_kids = { 0, NULL };
 
+/* A directory as messages name it. */
+static const char *dir_label(const struct tnode *dir) { return dir->key[0] ? dir->key : "the mount root"; }
+
 const struct kids *tree_kids(const struct tnode *dir)
 {
 	const struct kids *k = __atomic_load_n(&dir->kids, __ATOMIC_ACQUIRE);
@@ -172,7 +175,7 @@ static int list_dir(struct tree *t, struct tnode *dir, struct listing *l)
 	l->plen = strlen(dir->key);
 	int rc = store_list(t->s, dir->key, "/", on_entry, l);
 	if (l->err)
-		rc = err_set(ENOMEM, "out of memory listing %s", dir->key[0] ? dir->key : "the mount root");
+		rc = err_set(ENOMEM, "out of memory listing %s", dir_label(dir));
 	else if (rc < 0)
 		rc = err_wrap(rc, "list '%s'", dir->key);
 	if (rc < 0) {
@@ -236,16 +239,13 @@ int tree_list(struct tree *t, struct tnode *dir)
 	if (rc == 0 && (rc = publish_all(t, l.v, &l.n)) < 0)
 		l.n = 0; /* numbered nodes stay reachable by number; the listing is retried */
 	if (rc == 0 && !(k = kids_new(l.n)))
-		rc = err_set(ENOMEM, "out of memory listing %s", dir->key[0] ? dir->key : "the mount root");
+		rc = err_set(ENOMEM, "out of memory listing %s", dir_label(dir));
+	/* Every node left in l.v has a number (and so is freed with the table). */
 	if (rc == 0) {
 		memcpy(k->v, l.v, l.n * sizeof *l.v);
 		dir->listed_ns = now_ns();
 		__atomic_store_n(&dir->kids, k, __ATOMIC_RELEASE);
 		__atomic_store_n(&dir->listed, 1, __ATOMIC_RELEASE);
-	} else {
-		for (size_t i = 0; i < l.n; i++)
-			if (!l.v[i]->ino)
-				node_free(l.v[i]);
 	}
 	free(l.v);
 	pthread_mutex_unlock(&t->mu);
@@ -285,10 +285,10 @@ int tree_refresh(struct tree *t, struct tnode *dir)
 	struct kids *k = nnew ? kids_new(old->n + nnew) : NULL;
 	if (nnew && !k) {
 		/* Numbered nodes stay reachable by number; the names wait for the next TTL. */
-		log_warn("out of memory adding %zu new names to %s", nnew, dir->key[0] ? dir->key : "the mount root");
+		log_warn("out of memory adding %zu new names to %s", nnew, dir_label(dir));
 		nnew = 0;
 	} else if (rc < 0) {
-		log_warn("adding names to %s: %s", dir->key[0] ? dir->key : "the mount root", err_msg());
+		log_warn("adding names to %s: %s", dir_label(dir), err_msg());
 	}
 	if (nnew) {
 		size_t a = 0, b = 0, w = 0;
@@ -299,7 +299,7 @@ int tree_refresh(struct tree *t, struct tnode *dir)
 		t->retired = old;
 		__atomic_store_n(&dir->kids, k, __ATOMIC_RELEASE);
 		__atomic_add_fetch(&dir->gen, 1, __ATOMIC_RELEASE);
-		log_info("%s: %zu new name%s in the store", dir->key[0] ? dir->key : "the mount root", nnew,
+		log_info("%s: %zu new name%s in the store", dir_label(dir), nnew,
 			 nnew == 1 ? "" : "s");
 	}
 	pthread_mutex_unlock(&t->mu);

@@ -1161,6 +1161,8 @@ static int past_deadline(struct s3 *x, struct req *r, uint64_t now)
 	return 0;
 }
 
+static int here_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un);
+
 /* Set e up for one attempt of r: 0, or -EIO (libcurl refused an option) or
  * -ENOMEM, with r->hdrs freed. */
 static int setup_easy(struct s3 *x, struct req *r, CURL *e, uint64_t now)
@@ -1238,6 +1240,11 @@ static int setup_easy(struct s3 *x, struct req *r, CURL *e, uint64_t now)
 		break;
 	}
 	SETOPT(e, CURLOPT_HTTPHEADER, r->hdrs);
+	if (r->here) {
+		SETOPT(e, CURLOPT_XFERINFOFUNCTION, here_progress);
+		SETOPT(e, CURLOPT_XFERINFODATA, r);
+		SETOPT(e, CURLOPT_NOPROGRESS, 0L);
+	}
 	return 0;
 
 setopt_failed:
@@ -1567,9 +1574,10 @@ static int enqueue(struct s3 *x, struct req *r)
 	return 0;
 }
 
-static int s3_submit(struct store *s, struct store_op *op)
+/* Check op and turn it into a request: 0, or <0 + err_msg. */
+static int op_req(struct s3 *x, struct store_op *op, struct req **out)
 {
-	struct s3 *x = s->priv;
+	struct store *s = x->s;
 	const char *bucket = s->url.root;
 	if (!op->key[0])
 		return err_set(EINVAL, "s3://%s: empty key", bucket);
@@ -1639,15 +1647,29 @@ static int s3_submit(struct store *s, struct store_op *op)
 	}
 	r->finish = r->kind == R_MPU_CREATE ? finish_create : finish_simple;
 	r->deadline_ns = op->t_deadline_ns;
+	*out = r;
+	return 0;
+}
 
+static void req_free_all(struct req *r)
+{
+	if (r->mpu)
+		free(r->mpu->etags);
+	free(r->mpu);
+	req_free(r);
+}
+
+static int s3_submit(struct store *s, struct store_op *op)
+{
+	struct s3 *x = s->priv;
+	struct req *r;
+	int rc = op_req(x, op, &r);
+	if (rc < 0)
+		return rc;
 	/* once queued, op may complete (and be freed) before enqueue returns */
 	enum store_op_kind kind = op->kind;
-	int rc = enqueue(x, r);
-	if (rc < 0) {
-		req_free(r);
-		if (m)
-			free(m->etags);
-		free(m);
+	if ((rc = enqueue(x, r)) < 0) {
+		req_free_all(r);
 		return rc;
 	}
 	switch (kind) {
@@ -1719,24 +1741,18 @@ static int here_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut,
 static int s3_submit_here(struct store *s, struct store_op *op)
 {
 	struct s3 *x = s->priv;
-	CURL *e = op->key[0] && (op->buf || op->sink) && op->off + op->len >= op->off ? here_easy(x) : NULL;
+	CURL *e = here_easy(x);
 	if (!e)
-		return s3_submit(s, op); /* which names what is wrong, if anything */
+		return s3_submit(s, op);
 	pthread_mutex_lock(&x->mu);
 	int stop = x->stop;
 	pthread_mutex_unlock(&x->mu);
 	if (stop)
 		return err_set(ECANCELED, "s3://%s: store is closing", s->url.root);
-	struct req *r = req_new(x, R_GET, op, op->key);
-	if (!r || !(r->url = object_url(x, op->key, NULL))) {
-		req_free(r);
-		return err_set(ENOMEM, "s3://%s/%s: out of memory queuing the request", s->url.root, op->key);
-	}
-	r->dst = op->buf;
-	r->off = op->off;
-	r->len = op->len;
-	r->finish = finish_simple;
-	r->deadline_ns = op->t_deadline_ns;
+	struct req *r;
+	int rc = op_req(x, op, &r);
+	if (rc < 0)
+		return rc;
 	r->here = 1;
 	atomic_fetch_add(&s->stats.gets, 1);
 
@@ -1745,15 +1761,7 @@ static int s3_submit_here(struct store *s, struct store_op *op)
 	if (past_deadline(x, r, now))
 		return 0;
 	r->easy = e;
-	int rc = setup_easy(x, r, e, now);
-	if (rc == 0 && (curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, here_progress) != CURLE_OK ||
-			curl_easy_setopt(e, CURLOPT_XFERINFODATA, r) != CURLE_OK ||
-			curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L) != CURLE_OK)) {
-		curl_slist_free_all(r->hdrs);
-		r->hdrs = NULL;
-		rc = -EIO;
-	}
-	if (rc < 0) {
+	if ((rc = setup_easy(x, r, e, now)) < 0) {
 		curl_easy_reset(e);
 		r->easy = NULL;
 		setup_failed(x, r, rc);

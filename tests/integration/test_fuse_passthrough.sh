@@ -15,6 +15,14 @@
 # Drop clean page-cache pages only (echo 1): inodes stay, so the kernel keeps
 # its inode and the daemon its blob, with every chunk already checked.
 drop_pages() { sync; echo 1 >/proc/sys/vm/drop_caches; }
+# pt_read TOTAL WHEN: plain.bin reads right, through passthrough open number
+# TOTAL, with no READ reaching the daemon.
+pt_read() {
+	r0=$(file_field plain.bin reads)
+	cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs $2"
+	[ "$(file_field plain.bin passthrough_total)" = "$1" ] || fail "not passthrough $2"
+	[ "$(file_field plain.bin reads)" = "$r0" ] || fail "READs reached the daemon $2"
+}
 
 head -c $((20 << 20)) /dev/urandom >"$S/plain.bin"
 make_mixed "$T/src/disk" $((6 * 1048576 + 4321))  # zero chunks and repeats
@@ -73,10 +81,7 @@ cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs after remount with 
 [ "$(file_field plain.bin cache_rejects)" = 1 ] || fail "the corrupt chunk was not rejected ($(file_field plain.bin cache_rejects))"
 sleep 0.2
 drop_pages
-r0=$(file_field plain.bin reads)
-cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs through passthrough after the repair"
-[ "$(file_field plain.bin passthrough_total)" = 1 ] || fail "not passthrough once every chunk was checked"
-[ "$(file_field plain.bin reads)" = "$r0" ] || fail "READs reached the daemon after the repair"
+pt_read 1 "after the repair (every chunk checked)"
 unmount
 
 # Remount with --hydrate: nothing to fetch, but the hydrator checks every
@@ -87,10 +92,7 @@ until [ "$(py "s['hydrator']['done']")" = 2 ]; do
 	i=$((i + 1)); [ $i -lt 300 ] || fail "not hydrated in 30 s: $(py "s['hydrator']")"
 	sleep 0.1
 done
-r0=$(file_field plain.bin reads)
-cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs after --hydrate"
-[ "$(file_field plain.bin passthrough_total)" = 1 ] || fail "first open after the hydrator checked the cache was not passthrough"
-[ "$(file_field plain.bin reads)" = "$r0" ] || fail "READs reached the daemon after hydration"
+pt_read 1 "on the first open after the hydrator checked the cache"
 [ "$(file_field plain.bin bytes_fetched)" = 0 ] || fail "the hydrator fetched chunks that were in the cache"
 unmount
 
