@@ -263,13 +263,17 @@ static int read_mixed(struct tfile *f, uint8_t *buf, size_t len, uint64_t off)
  * do not wait again until it ends. */
 #define RELEASE_WAIT_MS 10
 
+/* A file read through FUSE's page cache in this mount stays there: the
+ * kernel holds its bytes, and the cache's data file no longer does in
+ * memory (drop_durable), so a passthrough open would read them again from
+ * disk. */
 static int pt_eligible(struct thawfs *fs, struct tfile *f, int writable)
 {
-	return !writable && !fs->o.rw && f->b && blob_size(f->b) && blob_complete_checked(f->b) &&
+	return !writable && !fs->o.rw && !f->paged && f->b && blob_size(f->b) && blob_complete_checked(f->b) &&
 	       (!f->ov || overlay_ndirty(f->ov) == 0) && __atomic_load_n(&fs->pt.on, __ATOMIC_ACQUIRE);
 }
 
-int file_open_mode(struct thawfs *fs, struct tnode *n, int writable)
+int file_open_mode(struct thawfs *fs, struct tnode *n, int writable, int *direct)
 {
 	struct tfile *f = n->f; /* pinned by the caller */
 	int id = 0;
@@ -297,8 +301,20 @@ int file_open_mode(struct thawfs *fs, struct tnode *n, int writable)
 			id = 0;
 		}
 	}
-	if (id == 0)
+	/* --direct-io: a file not wholly cached is read past FUSE's page cache.
+	 * Its bytes are in the page cache once already, as the cache's data
+	 * file that replies are spliced from; a second copy doubles the memory
+	 * and the copying of a cold read (where first touching a page is
+	 * costly, as in a VM whose free memory goes back to the host, that is
+	 * a quarter of the speed).  The price: no kernel readahead, so every
+	 * read(2) is a round trip here, which small reads feel.  Once complete,
+	 * the file is opened for passthrough instead. */
+	*direct = id == 0 && !writable && __atomic_load_n(&fs->pt.dio_on, __ATOMIC_ACQUIRE);
+	if (id == 0) {
 		f->cached_opens++;
+		if (!*direct)
+			f->paged = 1;
+	}
 	pthread_mutex_unlock(&f->mu);
 	return id;
 }

@@ -31,6 +31,7 @@ struct tfile {
 	int pt_opens, cached_opens;
 	pthread_cond_t cached_cv;  /* signalled when cached_opens drops to 0 */
 	int cached_held;        /* a wait for cached opens to end timed out: do not wait again until they do */
+	int paged;              /* opened through FUSE's page cache in this mount: never passthrough */
 	uint64_t pt_total;      /* opens answered with passthrough, ever */
 	uint64_t reads;         /* READ requests answered (atomic) */
 	/* The ETag of the version whose cache a closed blob of this file had
@@ -76,11 +77,13 @@ uint64_t file_size(struct tnode *n);
 void file_note_error(struct tnode *n, const char *what, const char *msg);
 
 /* Decide how an open of n is served: a backing id (> 0) for passthrough,
- * or 0 for reads through this process.  Passthrough needs the whole file
- * checked in the cache, nothing written over it, no open of it in the other
- * mode, and a read-only open of a read-only mount.  Every call is matched by
- * one file_open_done with what it returned. */
-int file_open_mode(struct thawfs *fs, struct tnode *n, int writable);
+ * or 0 for reads through this process, with *direct set for one that
+ * bypasses FUSE's page cache (--direct-io).  Passthrough needs the whole
+ * file checked in the cache, nothing written over it, no open of it in the
+ * other mode, no open of it through the page cache earlier in this mount,
+ * and a read-only open of a read-only mount.  Every call is matched by one
+ * file_open_done with what it returned. */
+int file_open_mode(struct thawfs *fs, struct tnode *n, int writable, int *direct);
 void file_open_done(struct thawfs *fs, struct tnode *n, int pt_id);
 
 /* Answer a FUSE read / write / fsync on an open handle (replies itself). */

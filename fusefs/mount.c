@@ -411,6 +411,10 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		fs->bo.cache_dir = fs->cache_root;
 		fs->bo.bg_jobs = fs->o.hydrate_jobs > 0 && fs->o.hydrate_jobs < fs->o.jobs ? fs->o.hydrate_jobs : 0;
 		fs->bo.bg_bytes_per_sec = fs->o.hydrate_rate;
+		/* Read through FUSE's page cache, a file's bytes are held there;
+		 * the cache's data file need not hold them in memory as well.
+		 * With --direct-io the data file's pages are the only copy. */
+		fs->bo.drop_durable = !(fs->o.direct_io && !fs->o.rw);
 		preopen_start(fs, &po);
 		rc = ctl_server_start(fs->sock_path, ctl_handle, fs, &fs->ctl);
 	}

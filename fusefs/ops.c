@@ -5,8 +5,9 @@
  * name is cached too.  Files are opened with keep_cache: a blob is pinned to
  * one version of its object, so pages the kernel already holds stay right,
  * and a re-read of a hydrated file never reaches this process.  A file that
- * is wholly in the cache is opened for passthrough instead (file_open_mode):
- * the kernel then reads the cache's data file itself.
+ * is wholly in the cache, and was not read through the page cache earlier in
+ * this mount, is opened for passthrough instead (file_open_mode): the kernel
+ * then reads the cache's data file itself.
  *
  * Without --rw every modifying request answers EROFS (the mount is also
  * mounted "ro", so the kernel usually says so first).  With --rw, existing
@@ -211,19 +212,11 @@ static void tl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	h->writable = writable;
 	pthread_mutex_init(&h->mu, NULL);
 	ra_init(&h->ra, fs->o.readahead_min, fs->o.readahead_max);
-	h->pt_id = file_open_mode(fs, n, writable);
+	int direct = 0;
+	h->pt_id = file_open_mode(fs, n, writable, &direct);
 	fi->fh = (uintptr_t)h;
 	fi->keep_cache = 1;
-	/* --direct-io: a file not wholly cached is read past FUSE's page cache.
-	 * Its bytes are in the page cache once already, as the cache's data
-	 * file that replies are spliced from; a second copy doubles the memory
-	 * and the copying of a cold read (where first touching a page is
-	 * costly, as in a VM whose free memory goes back to the host, that is
-	 * a quarter of the speed).  The price: no kernel readahead, so every
-	 * read(2) is a round trip here, which small reads feel.  Once complete,
-	 * the file is opened for passthrough instead. */
-	if (h->pt_id <= 0 && !writable && __atomic_load_n(&fs->pt.dio_on, __ATOMIC_ACQUIRE))
-		fi->direct_io = 1;
+	fi->direct_io = direct;
 	/* FLUSH would only be answered 0 (writes land in the overlay as they
 	 * come; fsync and release make them durable): spare every close(2) the
 	 * round trip. */

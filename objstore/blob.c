@@ -951,6 +951,8 @@ int blob_open(struct store *s, const char *key, const struct blob_opts *opts, st
 	b->present = b->zero;
 	if (b->o.cache_dir) {
 		rc = cache_open(b->o.cache_dir, s, key, b->etag, b->size, b->cs, b->o.writable, &b->cache);
+		if (rc == 0)
+			cache_drop_durable(b->cache, b->o.drop_durable);
 		if (rc == 0 && !(b->csum = calloc(b->n ? b->n : 1, 8)))
 			rc = err_set(ENOMEM, "out of memory for a cache map of %llu chunks", (unsigned long long)b->n);
 		if (rc == 0)

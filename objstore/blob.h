@@ -39,6 +39,8 @@ struct blob_opts {
 	int writable;             /* allow blob_write (copy-on-write into the cache) */
 	uint64_t bg_bytes_per_sec;/* cap for background fetches; 0 = none */
 	int bg_jobs;              /* background fetches in flight (default: jobs) */
+	int drop_durable;         /* persistent cache: cache_drop_durable (the reader keeps its
+	                             own copy in memory) */
 	uint64_t coalesce_bytes;  /* plain objects: adjacent queued chunks go in one ranged
 	                             GET of up to this many bytes (default 16 MiB; the
 	                             chunk size = off) */

@@ -27,6 +27,7 @@ struct cache {
 	size_t npend, cap;
 	struct cache *next;  /* on the flusher's list */
 	int flushing;        /* the flusher is working on it (flush_mu) */
+	int drop_durable;    /* drop chunks' pages from the page cache once durable */
 };
 
 /* One flusher thread for every cache in the process, not one per open
@@ -295,6 +296,14 @@ int cache_flush(struct cache *c)
 		ssize_t len = (ssize_t)(8 * (j - i));
 		if (pwrite(c->map_fd, &sum[i], (size_t)len, (off_t)(MAP_HDR + 8 * idx[i])) != len)
 			rc = err_set(errno, "write cache map in %s: %s", c->dir, strerror(errno));
+		/* Clean after the fdatasync, so the pages go at once; pages a
+		 * reply is still splicing from keep their bytes (the pipe holds a
+		 * reference).  Freed pages are the next ones the allocator hands
+		 * out, which is cheaper than fresh memory, most of all in a VM whose
+		 * free memory goes back to the host. */
+		if (__atomic_load_n(&c->drop_durable, __ATOMIC_RELAXED))
+			posix_fadvise(c->data_fd, (off_t)(idx[i] * c->cs), (off_t)((j - i) * c->cs),
+				      POSIX_FADV_DONTNEED);
 	}
 	if (rc < 0)
 		log_error("%s (those chunks stay unrecorded and will be fetched again)", err_msg());
@@ -309,6 +318,7 @@ int cache_read(struct cache *c, void *buf, size_t len, uint64_t off)
 	return rc < 0 ? err_set(-rc, "read cache data in %s: %s", c->dir, strerror(-rc)) : 0;
 }
 
+void cache_drop_durable(struct cache *c, int on) { __atomic_store_n(&c->drop_durable, on, __ATOMIC_RELAXED); }
 const char *cache_dir(const struct cache *c) { return c->dir; }
 int cache_data_fd(const struct cache *c) { return c->data_fd; }
 

@@ -41,6 +41,11 @@ int cache_record(struct cache *c, uint64_t idx, uint64_t xxh3_64);
 /* The same for chunks idx..idx+n-1. */
 int cache_record_run(struct cache *c, uint64_t idx, const uint64_t *sums, size_t n);
 int cache_read(struct cache *c, void *buf, size_t len, uint64_t off);
+/* on: once a flush has made chunks durable, drop their pages from the page
+ * cache.  For a reader that keeps its own copy of what it reads (FUSE's page
+ * cache), so the bytes are not held in memory twice; re-reading them from
+ * the data file then goes to disk. */
+void cache_drop_durable(struct cache *c, int on);
 /* Make every committed chunk durable and recorded now. */
 int cache_flush(struct cache *c);
 const char *cache_dir(const struct cache *c);

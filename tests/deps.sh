@@ -4,7 +4,7 @@
 set -e
 need=""
 for p in build-essential pkg-config libfuse3-dev fuse3 liburing-dev libxxhash-dev \
-         libcurl4-openssl-dev curl bc clang libclang-rt-14-dev gnuplot-nox; do
+         libcurl4-openssl-dev curl bc clang libclang-rt-14-dev gnuplot-nox util-linux-extra; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need="$need $p"
 done
 # This kind of machine ships Node.js (with npm) from NodeSource; take Debian's

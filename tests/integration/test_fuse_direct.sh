@@ -4,7 +4,10 @@
 # fetching them again; such a file can still be mmap'd shared
 # (FUSE_DIRECT_IO_ALLOW_MMAP), and reads through a mapping and through
 # read(2) agree with the source.  By default the page cache stays in front
-# (what is read is resident), and --rw ignores the flag.
+# (what is read is resident), and --rw ignores the flag.  Either way a byte
+# read is held in memory once: with --direct-io in the cache's data file
+# (resident), by default in FUSE's page cache (the data file's pages are
+# dropped once durable).
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/../fuse_lib.sh"
 
@@ -13,6 +16,8 @@ make_mixed "$T/src/disk" $((6 * 1048576 + 4321))
 "$THAW" push "$T/src/disk" "file://$S/disk.img" >/dev/null || fail "push"
 
 reads() { file_field "$1" reads; }
+resident() { fincore --bytes --noheadings --output RES "$1"; }
+data_of() { find "$C" -type f -name data -size +19M | head -1; }
 # read_twice FILE WANT: read its second MiB twice (each one 1 MiB pread, on
 # one descriptor advised POSIX_FADV_RANDOM) and print two numbers: the READs
 # the daemon answered during the second pass, and how many of the range's
@@ -61,6 +66,13 @@ exec 3<"$M/plain.bin" # held open: the file stays in this mode (and incomplete)
 set -- $(read_twice plain.bin "$T/plain.mib1")
 [ "$1" -ge 1 ] || fail "a re-read of an incomplete file made no READ: it was served from FUSE's page cache"
 [ "$2" = 0 ] || fail "$2 pages of a direct read are in FUSE's page cache"
+# One read, past a flush of what it fetched: its bytes stay in the cache's
+# data file, their only copy in memory.
+d=$(data_of); [ -n "$d" ] || fail "no cache data file for plain.bin"
+r0=$(resident "$d")
+dd if="$M/plain.bin" bs=1M skip=10 count=1 status=none >/dev/null
+sleep 0.5
+[ "$(resident "$d")" -ge $((r0 + (1 << 20))) ] || fail "--direct-io: what was read is not resident in the cache's data file ($r0 -> $(resident "$d") bytes)"
 f0=$(file_field plain.bin bytes_fetched)
 dd if="$M/plain.bin" bs=1M skip=1 count=1 status=none >/dev/null
 [ "$(file_field plain.bin bytes_fetched)" = "$f0" ] || fail "a re-read fetched cached bytes again"
@@ -92,6 +104,13 @@ exec 3<"$M/plain.bin"
 set -- $(read_twice plain.bin "$T/plain.mib1")
 [ "$2" = 256 ] || fail "default mount: $2 of 256 pages read are in the page cache"
 exec 3<&-
+cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs (default mount)"
+d=$(data_of); [ -n "$d" ] || fail "no cache data file for plain.bin"
+i=0
+until [ "$(resident "$d")" -lt $((1 << 20)) ]; do
+	i=$((i + 1)); [ $i -lt 50 ] || fail "default mount: the cache's data file stays resident ($(resident "$d") bytes)"
+	sleep 0.1
+done
 unmount
 
 # --rw keeps the page cache (writes and reads share it) even if asked not to.
