@@ -123,6 +123,8 @@ struct mpu {
 	char errmsg[ERR_MSG_MAX];
 };
 
+#define HERE_IDLE_MAX 16
+
 struct s3 {
 	struct store *s;
 	struct awsconf conf;
@@ -149,6 +151,12 @@ struct s3 {
 	int nrunning;
 	CURL **pool;
 	int npool, pool_cap;
+
+	/* Idle handles for GETs on callers' threads (store_submit_here), each
+	 * with its kept-alive connection; the most recently used last. */
+	pthread_mutex_t here_mu;
+	CURL *here_idle[HERE_IDLE_MAX];
+	int nhere_idle;
 };
 
 /* ---- small helpers ------------------------------------------------------- */
@@ -1683,47 +1691,30 @@ static int s3_submit(struct store *s, struct store_op *op)
 
 /* ---- GETs on the caller's thread (store_submit_here) ----------------------------- */
 
-/* Each thread keeps one easy handle, and with it a kept-alive connection,
- * for the store it last served; libcurl frees it when the thread exits. */
-struct here_handle {
-	struct s3 *x;
-	CURL *e;
-};
-static pthread_key_t here_key;
-static pthread_once_t here_once = PTHREAD_ONCE_INIT;
-static int here_key_ok;
-
-static void here_free(void *p)
+/* Callers' threads share a few idle handles rather than keeping one each:
+ * libfuse starts and ends worker threads as its load changes, and a handle
+ * per thread would open a new connection for each new thread (a TCP
+ * handshake, and a slower first answer from most servers). */
+static CURL *here_take(struct s3 *x)
 {
-	struct here_handle *h = p;
-	if (h->e)
-		curl_easy_cleanup(h->e);
-	free(h);
+	CURL *e = NULL;
+	pthread_mutex_lock(&x->here_mu);
+	if (x->nhere_idle > 0)
+		e = x->here_idle[--x->nhere_idle];
+	pthread_mutex_unlock(&x->here_mu);
+	return e ? e : curl_easy_init();
 }
 
-static void here_init(void) { here_key_ok = pthread_key_create(&here_key, here_free) == 0; }
-
-static CURL *here_easy(struct s3 *x)
+static void here_put(struct s3 *x, CURL *e)
 {
-	pthread_once(&here_once, here_init);
-	if (!here_key_ok)
-		return NULL;
-	struct here_handle *h = pthread_getspecific(here_key);
-	if (!h) {
-		if (!(h = calloc(1, sizeof *h)))
-			return NULL;
-		if (pthread_setspecific(here_key, h)) {
-			free(h);
-			return NULL;
-		}
+	pthread_mutex_lock(&x->here_mu);
+	if (x->nhere_idle < HERE_IDLE_MAX) {
+		x->here_idle[x->nhere_idle++] = e;
+		e = NULL;
 	}
-	if (h->x != x || !h->e) {
-		if (h->e)
-			curl_easy_cleanup(h->e);
-		h->x = x;
-		h->e = curl_easy_init();
-	}
-	return h->e;
+	pthread_mutex_unlock(&x->here_mu);
+	if (e)
+		curl_easy_cleanup(e);
 }
 
 /* The loop watches for stalls between polls; a caller's thread has only
@@ -1741,28 +1732,33 @@ static int here_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut,
 static int s3_submit_here(struct store *s, struct store_op *op)
 {
 	struct s3 *x = s->priv;
-	CURL *e = here_easy(x);
-	if (!e)
-		return s3_submit(s, op);
 	pthread_mutex_lock(&x->mu);
 	int stop = x->stop;
 	pthread_mutex_unlock(&x->mu);
 	if (stop)
 		return err_set(ECANCELED, "s3://%s: store is closing", s->url.root);
+	CURL *e = here_take(x);
+	if (!e)
+		return s3_submit(s, op);
 	struct req *r;
 	int rc = op_req(x, op, &r);
-	if (rc < 0)
+	if (rc < 0) {
+		here_put(x, e);
 		return rc;
+	}
 	r->here = 1;
 	atomic_fetch_add(&s->stats.gets, 1);
 
 	/* From here on r is finished (done called) or handed to the loop. */
 	uint64_t now = now_ns();
-	if (past_deadline(x, r, now))
+	if (past_deadline(x, r, now)) {
+		here_put(x, e);
 		return 0;
+	}
 	r->easy = e;
 	if ((rc = setup_easy(x, r, e, now)) < 0) {
 		curl_easy_reset(e);
+		here_put(x, e);
 		r->easy = NULL;
 		setup_failed(x, r, rc);
 		return 0;
@@ -1777,6 +1773,7 @@ static int s3_submit_here(struct store *s, struct store_op *op)
 	r->hdrs = NULL;
 	attempt_outcome(x, r, res); /* reads e (CURLINFO_OS_ERRNO) before the reset */
 	curl_easy_reset(e);          /* keeps the connection */
+	here_put(x, e);
 	return 0;
 }
 
@@ -2164,6 +2161,9 @@ static void s3_free(struct s3 *x)
 	for (int i = 0; i < x->npool; i++)
 		curl_easy_cleanup(x->pool[i]);
 	free(x->pool);
+	for (int i = 0; i < x->nhere_idle; i++)
+		curl_easy_cleanup(x->here_idle[i]);
+	pthread_mutex_destroy(&x->here_mu);
 	if (x->multi)
 		curl_multi_cleanup(x->multi);
 	if (x->userpwd) {
@@ -2213,6 +2213,7 @@ int store_s3_open(struct store *s)
 	if (!x)
 		return err_set(ENOMEM, "s3://%s: out of memory opening the store", bucket);
 	pthread_mutex_init(&x->mu, NULL);
+	pthread_mutex_init(&x->here_mu, NULL);
 	x->s = s;
 	int rc = awsconf_load(&x->conf);
 	if (rc < 0) {
