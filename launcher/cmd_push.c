@@ -106,27 +106,36 @@ static uint32_t *find_slot(uint32_t *tab, uint64_t mask, const struct img_index 
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: thaw push FILE URL [--chunk-size N] [--jobs N]\n\n"
+	fprintf(f, "usage: thaw push FILE URL [--chunk-size N] [--sub-block N] [--jobs N]\n\n"
 		   "Store FILE at URL as a thaw image: fixed-size chunks, all-zero chunks not stored,\n"
 		   "identical chunks stored once per bucket (for file://, per directory) under\n"
 		   ".thaw/chunks/, and an index at URL itself.\n\n"
 		   "  --chunk-size N  power of two from 4K to 64M (default 1M; see docs/FORMAT.md)\n"
+		   "  --sub-block N   power of two from 4K to the chunk size (default 64K): the index\n"
+		   "                  holds a hash of every sub-block, so a mount's random read fetches\n"
+		   "                  one sub-block, not its whole chunk (8 bytes of index per sub-block)\n"
 		   "  --jobs N        uploads in flight (default 16)\n");
 }
 
 int cmd_push(int argc, char **argv)
 {
-	uint64_t cs = DEFAULT_CHUNK;
-	int jobs = 16;
+	uint64_t cs = DEFAULT_CHUNK, sb = 1ull << IMG_SUB_SHIFT_DEFAULT;
+	int jobs = 16, sb_given = 0;
 	static const struct option opts[] = { { "chunk-size", 1, 0, 'c' }, { "jobs", 1, 0, 'j' },
-					      { "help", 0, 0, 'h' }, { 0, 0, 0, 0 } };
+					      { "sub-block", 1, 0, 's' }, { "help", 0, 0, 'h' },
+					      { 0, 0, 0, 0 } };
 	int c;
-	while ((c = getopt_long(argc, argv, "c:j:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "c:j:s:h", opts, NULL)) != -1) {
 		uint64_t v;
 		switch (c) {
 		case 'c':
 			if (cli_parse_size(optarg, &cs) < 0)
 				return cli_fail("push");
+			break;
+		case 's':
+			if (cli_parse_size(optarg, &sb) < 0)
+				return cli_fail("push");
+			sb_given = 1;
 			break;
 		case 'j':
 			if (cli_parse_size(optarg, &v) < 0 || v < 1 || v > 256) {
@@ -145,6 +154,12 @@ int cmd_push(int argc, char **argv)
 	}
 	if (cs & (cs - 1) || cs < (1u << IMG_MIN_SHIFT) || cs > (1u << IMG_MAX_SHIFT)) {
 		fprintf(stderr, "thaw push: --chunk-size must be a power of two from 4K to 64M\n");
+		return 2;
+	}
+	if (!sb_given && sb > cs)
+		sb = cs; /* small chunks: one sub-block each */
+	if (sb & (sb - 1) || sb < (1u << IMG_MIN_SHIFT) || sb > cs) {
+		fprintf(stderr, "thaw push: --sub-block must be a power of two from 4K to the chunk size\n");
 		return 2;
 	}
 	const char *file = argv[optind], *url = argv[optind + 1];
@@ -182,10 +197,13 @@ int cmd_push(int argc, char **argv)
 	uint64_t tabn = 16;
 	while (tabn < 2 * p.ix.nchunks)
 		tabn <<= 1;
+	p.ix.sub_shift = (uint32_t)__builtin_ctzll(sb);
+	uint64_t subs = cs / sb;
 	p.ix.map = calloc(p.ix.nchunks + 1, sizeof *p.ix.map);
 	p.ix.hashes = malloc((p.ix.nchunks + 1) * sizeof *p.ix.hashes);
+	p.ix.sub = malloc((p.ix.nchunks + 1) * subs * sizeof *p.ix.sub);
 	uint32_t *tab = calloc(tabn, sizeof *tab);
-	if (!p.ix.map || !p.ix.hashes || !tab) {
+	if (!p.ix.map || !p.ix.hashes || !p.ix.sub || !tab) {
 		fprintf(stderr, "thaw push: out of memory for %llu chunks\n", (unsigned long long)p.ix.nchunks);
 		return 1;
 	}
@@ -211,6 +229,7 @@ int cmd_push(int argc, char **argv)
 			pthread_mutex_unlock(&p.mu);
 			continue;
 		}
+		img_sub_hash(d, len, p.ix.sub_shift, subs, p.ix.sub + p.ix.nunique * subs);
 		p.ix.hashes[p.ix.nunique++] = h;
 		*slot = (uint32_t)p.ix.nunique;
 		p.ix.map[i] = *slot;

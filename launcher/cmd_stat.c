@@ -67,13 +67,16 @@ int cmd_stat(int argc, char **argv)
 			       (unsigned long long)cs, (unsigned long long)ix->nchunks, (unsigned long long)zero,
 			       (unsigned long long)stored, zf, (unsigned long long)dedup_bytes,
 			       (unsigned long long)stored_bytes);
+		if (ix)
+			printf(",\"format\":%d,\"sub_block\":%llu", ix->sub ? 2 : 1,
+			       ix->sub ? 1ull << ix->sub_shift : 0ull);
 		printf("}\n");
 	} else {
 		char a[32], d[32], st[32];
 		fmt_bytes((double)size, a, sizeof a);
 		printf("url:            %s\nkind:           %s\nsize:           %llu (%s)\netag:           %s\n",
-		       argv[optind], ix ? "thaw image (format 1)" : "plain object", (unsigned long long)size, a,
-		       blob_etag(b));
+		       argv[optind], !ix ? "plain object" : ix->sub ? "thaw image (format 2)" : "thaw image (format 1)",
+		       (unsigned long long)size, a, blob_etag(b));
 		if (ix) {
 			fmt_bytes((double)dedup_bytes, d, sizeof d);
 			fmt_bytes((double)stored_bytes, st, sizeof st);
@@ -82,6 +85,9 @@ int cmd_stat(int argc, char **argv)
 			       "(%s)\n",
 			       (unsigned long long)(cs >> 10), (unsigned long long)ix->nchunks, (unsigned long long)zero,
 			       100 * zf, (unsigned long long)stored, st, (unsigned long long)(refs - stored), d);
+			if (ix->sub)
+				printf("sub-block:      %llu KiB (hashed each: a random read fetches one)\n",
+				       (unsigned long long)((1ull << ix->sub_shift) >> 10));
 		}
 	}
 	blob_close(b);

@@ -23,9 +23,14 @@ int img_is_index(const void *buf, size_t len)
 
 /* Header fields, once validated. */
 struct hdr {
-	uint64_t size, nchunks, nunique, index_len;
-	uint32_t shift;
+	uint64_t size, nchunks, nunique, index_len, subs;
+	uint32_t ver, shift, sub_shift;
 };
+
+static uint64_t index_len_of(uint64_t nchunks, uint64_t nunique, uint64_t subs)
+{
+	return IMG_HEADER_LEN + 4 * nchunks + 16 * nunique + 8 * subs * nunique + IMG_TRAILER_LEN;
+}
 
 static int parse_header(const uint8_t *p, size_t len, struct hdr *h)
 {
@@ -34,9 +39,11 @@ static int parse_header(const uint8_t *p, size_t len, struct hdr *h)
 	if (memcmp(p, IMG_MAGIC, 8))
 		return err_set(EINVAL, "not a thaw image (bad magic)");
 	uint32_t ver = rd32(p + 8), hlen = rd32(p + 12);
-	if (ver != IMG_VERSION)
-		return err_set(EPROTONOSUPPORT, "thaw image version %u is not supported (this thaw reads version %d)",
-			       ver, IMG_VERSION);
+	if (ver < IMG_VERSION_MIN || ver > IMG_VERSION)
+		return err_set(EPROTONOSUPPORT,
+			       "thaw image version %u is not supported (this thaw reads versions %d to %d)", ver,
+			       IMG_VERSION_MIN, IMG_VERSION);
+	h->ver = ver;
 	if (hlen != IMG_HEADER_LEN)
 		return err_set(EINVAL, "image header length %u, expected %d", hlen, IMG_HEADER_LEN);
 	h->size = rd64(p + 16);
@@ -45,13 +52,20 @@ static int parse_header(const uint8_t *p, size_t len, struct hdr *h)
 	h->nchunks = rd64(p + 32);
 	h->nunique = rd64(p + 40);
 	h->index_len = rd64(p + 48);
-	if (rd64(p + 56) != 0)
+	/* Version 1 reserves the last 8 bytes; version 2 keeps the sub-block
+	 * shift in the first 4 of them. */
+	h->sub_shift = ver >= 2 ? rd32(p + 56) : 0;
+	if (rd32(p + 60) != 0 || (ver < 2 && rd32(p + 56) != 0))
 		return err_set(EINVAL, "image header: reserved field is not zero");
 	if (alg != IMG_HASH_XXH3_128)
 		return err_set(EINVAL, "image header: unknown hash algorithm %u", alg);
 	if (h->shift < IMG_MIN_SHIFT || h->shift > IMG_MAX_SHIFT)
 		return err_set(EINVAL, "image header: chunk size 2^%u out of range [2^%d, 2^%d]", h->shift,
 			       IMG_MIN_SHIFT, IMG_MAX_SHIFT);
+	if (ver >= 2 && (h->sub_shift < IMG_MIN_SHIFT || h->sub_shift > h->shift))
+		return err_set(EINVAL, "image header: sub-block size 2^%u out of range [2^%d, 2^%u]", h->sub_shift,
+			       IMG_MIN_SHIFT, h->shift);
+	h->subs = ver >= 2 ? 1ull << (h->shift - h->sub_shift) : 0;
 	if (h->size > (1ull << 50))
 		return err_set(EINVAL, "image header: size %llu beyond 1 PiB", (unsigned long long)h->size);
 	uint64_t want = (h->size + (1ull << h->shift) - 1) >> h->shift;
@@ -62,7 +76,7 @@ static int parse_header(const uint8_t *p, size_t len, struct hdr *h)
 	if (h->nunique > h->nchunks)
 		return err_set(EINVAL, "image header: %llu unique chunks exceed %llu chunks",
 			       (unsigned long long)h->nunique, (unsigned long long)h->nchunks);
-	uint64_t expect = IMG_HEADER_LEN + 4 * h->nchunks + 16 * h->nunique + IMG_TRAILER_LEN;
+	uint64_t expect = index_len_of(h->nchunks, h->nunique, h->subs);
 	if (h->index_len != expect)
 		return err_set(EINVAL, "image header: index length %llu, fields imply %llu",
 			       (unsigned long long)h->index_len, (unsigned long long)expect);
@@ -97,9 +111,12 @@ int img_decode(const void *buf, size_t len, struct img_index *ix)
 	ix->chunk_shift = h.shift;
 	ix->nchunks = h.nchunks;
 	ix->nunique = h.nunique;
+	ix->sub_shift = h.sub_shift;
 	ix->map = malloc((h.nchunks ? h.nchunks : 1) * sizeof *ix->map);
 	ix->hashes = malloc((h.nunique ? h.nunique : 1) * sizeof *ix->hashes);
-	if (!ix->map || !ix->hashes) {
+	if (h.subs)
+		ix->sub = malloc((h.nunique ? h.nunique * h.subs : 1) * sizeof *ix->sub);
+	if (!ix->map || !ix->hashes || (h.subs && !ix->sub)) {
 		img_index_free(ix);
 		return err_set(ENOMEM, "out of memory for an index of %llu chunks", (unsigned long long)h.nchunks);
 	}
@@ -114,6 +131,9 @@ int img_decode(const void *buf, size_t len, struct img_index *ix)
 		ix->map[i] = v;
 	}
 	memcpy(ix->hashes, m + 4 * h.nchunks, 16 * h.nunique);
+	const uint8_t *sp = m + 4 * h.nchunks + 16 * h.nunique;
+	for (uint64_t i = 0; i < h.nunique * h.subs; i++)
+		ix->sub[i] = rd64(sp + 8 * i);
 	/* A short last chunk must not share an entry with full-size chunks:
 	 * the entry's length would be ambiguous. */
 	if (h.nchunks && img_chunk_len(ix, h.nchunks - 1) != img_chunk_size(ix)) {
@@ -124,18 +144,27 @@ int img_decode(const void *buf, size_t len, struct img_index *ix)
 				return err_set(EINVAL, "image index: short last chunk shares its entry with chunk %llu",
 					       (unsigned long long)i);
 			}
+		/* Its sub-blocks past the end have no bytes to hash. */
+		uint64_t used = (img_chunk_len(ix, h.nchunks - 1) + (1ull << h.sub_shift) - 1) >> h.sub_shift;
+		for (uint64_t j = used; last && j < h.subs; j++)
+			if (ix->sub[(last - 1) * h.subs + j]) {
+				img_index_free(ix);
+				return err_set(EINVAL, "image index: sub-block %llu past the short last chunk's end has a hash",
+					       (unsigned long long)j);
+			}
 	}
 	return 0;
 }
 
 int img_encode(const struct img_index *ix, void **out, size_t *outlen)
 {
-	size_t len = IMG_HEADER_LEN + 4 * ix->nchunks + 16 * ix->nunique + IMG_TRAILER_LEN;
+	uint64_t subs = img_subs_per_chunk(ix);
+	size_t len = index_len_of(ix->nchunks, ix->nunique, subs);
 	uint8_t *p = calloc(1, len);
 	if (!p)
 		return err_set(ENOMEM, "out of memory encoding index");
 	memcpy(p, IMG_MAGIC, 8);
-	wr32(p + 8, IMG_VERSION);
+	wr32(p + 8, ix->sub ? IMG_VERSION : 1);
 	wr32(p + 12, IMG_HEADER_LEN);
 	wr64(p + 16, ix->size);
 	wr32(p + 24, ix->chunk_shift);
@@ -143,9 +172,14 @@ int img_encode(const struct img_index *ix, void **out, size_t *outlen)
 	wr64(p + 32, ix->nchunks);
 	wr64(p + 40, ix->nunique);
 	wr64(p + 48, len);
+	if (ix->sub)
+		wr32(p + 56, ix->sub_shift);
 	for (uint64_t i = 0; i < ix->nchunks; i++)
 		wr32(p + IMG_HEADER_LEN + 4 * i, ix->map[i]);
 	memcpy(p + IMG_HEADER_LEN + 4 * ix->nchunks, ix->hashes, 16 * ix->nunique);
+	uint8_t *sp = p + IMG_HEADER_LEN + 4 * ix->nchunks + 16 * ix->nunique;
+	for (uint64_t i = 0; i < ix->nunique * subs; i++)
+		wr64(sp + 8 * i, ix->sub[i]);
 	wr64(p + len - IMG_TRAILER_LEN, XXH3_64bits(p, len - IMG_TRAILER_LEN));
 	*out = p;
 	*outlen = len;
@@ -156,8 +190,20 @@ void img_index_free(struct img_index *ix)
 {
 	free(ix->map);
 	free(ix->hashes);
+	free(ix->sub);
 	ix->map = NULL;
 	ix->hashes = NULL;
+	ix->sub = NULL;
+}
+
+void img_sub_hash(const void *chunk, size_t len, uint32_t sub_shift, uint64_t subs, uint64_t *out)
+{
+	const uint8_t *p = chunk;
+	size_t bs = (size_t)1 << sub_shift;
+	for (uint64_t j = 0; j < subs; j++) {
+		size_t off = (size_t)j << sub_shift;
+		out[j] = off < len ? XXH3_64bits(p + off, len - off < bs ? len - off : bs) : 0;
+	}
 }
 
 void img_hash_chunk(const void *data, size_t len, struct img_hash *h)

@@ -1,5 +1,6 @@
-/* test_format.c - the image index codec: round trips, and every way a damaged
- * index must be refused (truncation, bit flips, lying header fields). */
+/* test_format.c - the image index codec: round trips of versions 1 and 2,
+ * and every way a damaged index must be refused (truncation, bit flips,
+ * lying header fields, sub-block hashes where there are no bytes). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,7 +30,23 @@ static void build(struct img_index *ix, uint64_t size, uint32_t shift)
 	}
 }
 
+/* Version 2: sub-block hashes of 2^sub_shift bytes (made up, but 0 exactly
+ * past the end of a short last chunk, as the format requires). */
+static void add_subs(struct img_index *ix, uint32_t sub_shift)
+{
+	ix->sub_shift = sub_shift;
+	uint64_t subs = 1ull << (ix->chunk_shift - sub_shift);
+	ix->sub = calloc(ix->nunique * subs + 1, 8);
+	for (uint64_t k = 0; k < ix->nunique * subs; k++)
+		ix->sub[k] = 0x9e3779b97f4a7c15ull * (k + 1);
+	uint64_t last = ix->nchunks ? ix->map[ix->nchunks - 1] : 0;
+	uint64_t used = ix->nchunks ? (img_chunk_len(ix, ix->nchunks - 1) + (1ull << sub_shift) - 1) >> sub_shift : 0;
+	for (uint64_t j = used; last && j < subs; j++)
+		ix->sub[(last - 1) * subs + j] = 0;
+}
+
 static uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static void wr64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 
 int main(void)
@@ -50,7 +67,44 @@ int main(void)
 		CHECK(out.size == ix.size && out.nchunks == ix.nchunks && out.nunique == ix.nunique);
 		CHECK(!memcmp(out.map, ix.map, 4 * ix.nchunks));
 		CHECK(!memcmp(out.hashes, ix.hashes, 16 * ix.nunique));
+		CHECK(out.sub == NULL && out.sub_shift == 0 && ((uint8_t *)enc)[8] == 1);
 		img_index_free(&out);
+		free(enc);
+		/* The same with sub-block hashes: version 2. */
+		add_subs(&ix, 12);
+		CHECK_RC(img_encode(&ix, &enc, &len));
+		CHECK(((uint8_t *)enc)[8] == IMG_VERSION);
+		CHECK(img_header_len(enc, IMG_HEADER_LEN, &ilen) == 0 && ilen == len);
+		CHECK_RC(img_decode(enc, len, &out));
+		CHECK(out.sub_shift == ix.sub_shift && img_subs_per_chunk(&out) == img_subs_per_chunk(&ix));
+		CHECK(!memcmp(out.map, ix.map, 4 * ix.nchunks));
+		CHECK(!memcmp(out.sub, ix.sub, 8 * ix.nunique * img_subs_per_chunk(&ix)));
+		img_index_free(&out);
+		free(enc);
+		img_index_free(&ix);
+	}
+	/* 13-bit chunks of 12-bit sub-blocks, a short last chunk of one
+	 * sub-block: its second hash must be 0. */
+	{
+		build(&ix, (3 << 13) + 100, 13);
+		add_subs(&ix, 12);
+		CHECK(ix.map[3] != 0);
+		CHECK_RC(img_encode(&ix, &enc, &len));
+		CHECK_RC(img_decode(enc, len, &out));
+		img_index_free(&out);
+		free(enc);
+		ix.sub[(ix.map[3] - 1) * 2 + 1] = 7;
+		CHECK_RC(img_encode(&ix, &enc, &len));
+		CHECK(img_decode(enc, len, &out) < 0 && strstr(err_msg(), "past the short last chunk"));
+		/* A sub-block larger than the chunk, checksum recomputed. */
+		ix.sub[(ix.map[3] - 1) * 2 + 1] = 0;
+		free(enc);
+		CHECK_RC(img_encode(&ix, &enc, &len));
+		wr32((uint8_t *)enc + 56, 14);
+		CHECK(img_decode(enc, len, &out) < 0 && strstr(err_msg(), "sub-block size"));
+		wr32((uint8_t *)enc + 56, 12);
+		wr32((uint8_t *)enc + 60, 1);
+		CHECK(img_decode(enc, len, &out) < 0 && strstr(err_msg(), "reserved"));
 		free(enc);
 		img_index_free(&ix);
 	}
@@ -135,6 +189,31 @@ int main(void)
 	CHECK(!strncmp(key, ".thaw/chunks/", 13) && strlen(key) == 13 + 3 + 32 && key[15] == '/' &&
 	      !strncmp(key + 13, key + 16, 2));
 
+	free(bad);
+	free(enc);
+	img_index_free(&ix);
+
+	/* Version 2: every truncation and every bit flip is refused. */
+	build(&ix, 1 << 20, 14);
+	add_subs(&ix, 12);
+	CHECK_RC(img_encode(&ix, &enc, &len));
+	p = enc;
+	bad = malloc(len);
+	all_refused = 1;
+	for (size_t cut = 0; cut < len; cut += (cut < 200 ? 1 : 97))
+		if (img_decode(p, cut, &out) == 0)
+			all_refused = 0;
+	CHECK(all_refused);
+	all_caught = 1;
+	for (size_t bit = 0; bit < len * 8; bit += 5) {
+		memcpy(bad, p, len);
+		bad[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+		if (img_decode(bad, len, &out) == 0) {
+			all_caught = 0;
+			img_index_free(&out);
+		}
+	}
+	CHECK(all_caught);
 	free(bad);
 	free(enc);
 	img_index_free(&ix);
