@@ -415,6 +415,8 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		 * the cache's data file need not hold them in memory as well.
 		 * With --direct-io the data file's pages are the only copy. */
 		fs->bo.drop_durable = !(fs->o.direct_io && !fs->o.rw);
+		/* A file's reads are as small as a page: fetch an image's sub-blocks. */
+		fs->bo.image_sub_blocks = 1;
 		preopen_start(fs, &po);
 		rc = ctl_server_start(fs->sock_path, ctl_handle, fs, &fs->ctl);
 	}

@@ -16,7 +16,7 @@
 
 struct frow {
 	char path[4096];
-	uint64_t size, nchunks, present_chunks, present_bytes, fetched, fetches, failures, verify_failures;
+	uint64_t size, nchunks, chunk_size, present_chunks, present_bytes, fetched, fetches, failures, verify_failures;
 	uint64_t cache_hits, cache_rejects, inflight, dirty;
 	uint64_t reads, pt_total;
 	int pt_opens;
@@ -69,6 +69,7 @@ static int row_of(struct tnode *n, struct frow *r, struct untouched *u)
 		r->image = blob_is_image(f->b);
 		r->nchunks = st.nchunks;
 		r->present_chunks = st.chunks_present;
+		r->chunk_size = st.chunk_size;
 		r->present_bytes = st.chunks_present * st.chunk_size;
 		if (st.nchunks && blob_chunk_present(f->b, st.nchunks - 1))
 			r->present_bytes -= st.chunk_size - blob_chunk_len(f->b, st.nchunks - 1);
@@ -144,15 +145,16 @@ void status_write(struct thawfs *fs, FILE *o, int json, int width)
 			fprintf(o, "%s{\"path\":", first ? "" : ",");
 			first = 0;
 			json_write_str(o, r.path);
-			fprintf(o, ",\"size\":%llu,\"open\":%s,\"kind\":\"%s\",\"chunks\":%llu,\"chunks_present\":%llu,"
-				   "\"present_bytes\":%llu,\"percent\":%.2f,\"bytes_fetched\":%llu,\"fetches\":%llu,"
+			fprintf(o, ",\"size\":%llu,\"open\":%s,\"kind\":\"%s\",\"chunks\":%llu,\"chunk_size\":%llu,"
+				   "\"chunks_present\":%llu,\"present_bytes\":%llu,\"percent\":%.2f,\"bytes_fetched\":%llu,\"fetches\":%llu,"
 				   "\"fetch_failures\":%llu,\"verify_failures\":%llu,\"cache_hits_at_open\":%llu,\"cache_rejects\":%llu,"
 				   "\"inflight\":%llu,\"rate_bps\":%.0f,\"eta_s\":%.1f,\"hydrate\":\"%s\","
 				   "\"dirty_chunks\":%llu,\"reads\":%llu,\"passthrough_opens\":%d,"
 				   "\"passthrough_total\":%llu,\"errors\":%llu,\"last_error\":",
 				(unsigned long long)r.size, r.open ? "true" : "false",
 				r.busy ? "busy" : !r.open ? "unknown" : r.image ? "thaw-image" : "object",
-				(unsigned long long)r.nchunks, (unsigned long long)r.present_chunks,
+				(unsigned long long)r.nchunks, (unsigned long long)r.chunk_size,
+				(unsigned long long)r.present_chunks,
 				(unsigned long long)r.present_bytes,
 				r.size ? 100.0 * (double)r.present_bytes / (double)r.size : (r.open ? 100.0 : 0.0),
 				(unsigned long long)r.fetched, (unsigned long long)r.fetches,

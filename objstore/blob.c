@@ -56,6 +56,12 @@ struct blob {
 	struct img_index ix;
 	uint64_t size, cs, n;
 	unsigned shift;
+	/* An image read in sub-blocks (image_sub_blocks, format 2): the blob's
+	 * chunks are the index's sub-blocks, 2^ushift of them to a stored chunk,
+	 * each fetched as a range of its chunk object and checked against its
+	 * own hash.  Otherwise the blob's chunks are the image's (ushift 0). */
+	int units;
+	unsigned ushift;
 
 	uint8_t *mem;      /* memory backing (NULL with a cache) */
 	size_t mem_len;
@@ -160,6 +166,9 @@ int blob_is_image(const struct blob *b) { return b->image; }
 const char *blob_etag(const struct blob *b) { return b->etag; }
 const struct img_index *blob_index(const struct blob *b) { return b->image ? &b->ix : NULL; }
 
+/* The image chunk (stored object) blob chunk idx lies in. */
+static inline uint64_t chunk_of(const struct blob *b, uint64_t idx) { return idx >> b->ushift; }
+
 uint64_t blob_chunk_len(const struct blob *b, uint64_t idx)
 {
 	uint64_t off = idx << b->shift;
@@ -168,7 +177,7 @@ uint64_t blob_chunk_len(const struct blob *b, uint64_t idx)
 
 int blob_chunk_is_zero(const struct blob *b, uint64_t idx)
 {
-	return b->image && idx < b->n && b->ix.map[idx] == 0;
+	return b->image && idx < b->n && b->ix.map[chunk_of(b, idx)] == 0;
 }
 
 int blob_chunk_present(const struct blob *b, uint64_t idx)
@@ -243,8 +252,8 @@ static int start_fetch(struct blob *b, uint64_t idx, uint64_t count, int prio)
 	op->buf = f->buf;
 	op->len = len;
 	if (b->image) {
-		img_chunk_key(&b->ix.hashes[b->ix.map[idx] - 1], op->key, sizeof op->key);
-		op->off = 0;
+		img_chunk_key(&b->ix.hashes[b->ix.map[chunk_of(b, idx)] - 1], op->key, sizeof op->key);
+		op->off = (idx & ((1ull << b->ushift) - 1)) << b->shift;
 	} else {
 		snprintf(op->key, sizeof op->key, "%s", b->key);
 		op->off = idx << b->shift;
@@ -376,7 +385,18 @@ static int verify(struct blob *b, struct fetch *f, char *why, size_t n)
 			 op->key, (unsigned long long)op->nread, (unsigned long long)op->len);
 		return -EIO;
 	}
-	if (b->image) {
+	if (b->units) {
+		uint64_t subs = img_subs_per_chunk(&b->ix);
+		for (uint64_t k = 0; k < f->count; k++) {
+			uint64_t u = f->idx + k, want = b->ix.sub[(b->ix.map[chunk_of(b, u)] - 1) * subs +
+								 (u & (subs - 1))];
+			if (XXH3_64bits(f->buf + (k << b->shift), blob_chunk_len(b, u)) != want) {
+				snprintf(why, n, "%s: sub-block %llu does not match its XXH3-64 (corrupt chunk)", op->key,
+					 (unsigned long long)(u & (subs - 1)));
+				return -EBADMSG;
+			}
+		}
+	} else if (b->image) {
 		struct img_hash h;
 		img_hash_chunk(f->buf, op->len, &h);
 		if (memcmp(&h, &b->ix.hashes[b->ix.map[f->idx] - 1], sizeof h)) {
@@ -398,13 +418,14 @@ static void fetch_done(struct store_op *op)
 		/* One re-fetch: a bit flip on the way heals; a corrupt object does not. */
 		if (f->tries++ < 1 && !b->closing) {
 			log_warn("%s; fetching it again", why);
-			uint64_t len = op->len;
+			uint64_t len = op->len, off = op->off;
 			char key[STORE_KEY_MAX];
 			memcpy(key, op->key, sizeof key);
 			memset(op, 0, sizeof *op);
 			memcpy(op->key, key, sizeof key);
 			op->kind = STORE_GET;
 			op->buf = f->buf;
+			op->off = off;
 			op->len = len;
 			op->urgent = f->prio == PRIO_DEMAND;
 			op->done = fetch_done;
@@ -518,18 +539,20 @@ static void dispatch(struct blob *b)
 		if (prio < 0)
 			return;
 		uint64_t count = 1;
-		if (!b->image) {
+		if (!b->image || b->units) {
 			/* Plain objects: adjacent queued chunks go in one ranged GET (a
 			 * request costs milliseconds on most servers, whatever its size).
 			 * The GET is streamed and each chunk published as it lands, so
-			 * a demand chunk at its head is not slowed by its tail. */
+			 * a demand chunk at its head is not slowed by its tail.  An
+			 * image's sub-blocks: those of one stored chunk go together. */
 			uint64_t max = b->o.coalesce_bytes >> b->shift;
 			/* Under a bandwidth cap one GET may not spend more than a
 			 * quarter second of it: the cap is kept by spacing GETs. */
 			if (prio == PRIO_BACKGROUND && b->o.bg_bytes_per_sec &&
 			    max > (b->o.bg_bytes_per_sec / 4) >> b->shift)
 				max = (b->o.bg_bytes_per_sec / 4) >> b->shift;
-			while (count < max && idx + count < b->n) {
+			while (count < max && idx + count < b->n &&
+			       (!b->units || chunk_of(b, idx + count) == chunk_of(b, idx))) {
 				uint64_t j = idx + count;
 				if (b->state[j] == C_QUEUED)
 					;
@@ -919,7 +942,12 @@ int blob_open(struct store *s, const char *key, const struct blob_opts *opts, st
 		if (rc == 0) {
 			b->size = b->ix.size;
 			b->shift = b->ix.chunk_shift;
-			b->n = b->ix.nchunks;
+			if (b->o.image_sub_blocks && b->ix.sub) {
+				b->units = 1;
+				b->shift = b->ix.sub_shift;
+				b->ushift = b->ix.chunk_shift - b->ix.sub_shift;
+			}
+			b->n = (b->size + (1ull << b->shift) - 1) >> b->shift;
 		}
 	} else if (rc == 0) {
 		uint64_t cs = b->o.plain_chunk_size;
@@ -944,7 +972,7 @@ int blob_open(struct store *s, const char *key, const struct blob_opts *opts, st
 		return err_set(ENOMEM, "out of memory for a chunk map of %llu chunks", (unsigned long long)b->n);
 	}
 	for (uint64_t i = 0; b->image && i < b->n; i++)
-		if (b->ix.map[i] == 0) {
+		if (b->ix.map[chunk_of(b, i)] == 0) {
 			b->state[i] = C_PRESENT;
 			b->zero++;
 		}

@@ -39,6 +39,9 @@ struct blob_opts {
 	int writable;             /* allow blob_write (copy-on-write into the cache) */
 	uint64_t bg_bytes_per_sec;/* cap for background fetches; 0 = none */
 	int bg_jobs;              /* background fetches in flight (default: jobs) */
+	int image_sub_blocks;     /* an image with sub-block hashes (format 2) is fetched and
+	                             cached in sub-blocks: a random read fetches one, not its
+	                             chunk (0: whole chunks, as installing memory wants) */
 	int drop_durable;         /* persistent cache: cache_drop_durable (the reader keeps its
 	                             own copy in memory) */
 	uint64_t coalesce_bytes;  /* plain objects: adjacent queued chunks go in one ranged

@@ -85,3 +85,4 @@ start_faultproxy() {
 fault() { curl -sf "$PROXY/__fault/set?rule=$1" >/dev/null || fail "bad fault rule $1"; }
 fault_clear() { curl -sf "$PROXY/__fault/clear?stats=1" >/dev/null; : >"$T/proxy.log"; }
 fault_gets() { grep -c "^GET [^ ]*$1" "$T/proxy.log" || true; }
+fault_bytes() { grep "^GET [^ ]*$1" "$T/proxy.log" | sed -n 's/.* bytes=\([0-9]*\).*/\1/p' | awk '{ s += $1 } END { print s + 0 }'; }

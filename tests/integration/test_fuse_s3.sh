@@ -123,9 +123,14 @@ present=$(file_field a.img chunks_present)
 [ "$hits" -ge 4 ] || fail "only $hits chunks of a.img survived the crash"
 fault_clear
 timeout -k 5 120 cmp "$T/src/a" "$M/a.img" || fail "a.img differs after the crash"
+# A mount reads an image in 64 KiB sub-blocks (the cache's chunks), a GET
+# taking those of one stored chunk that are missing: the bytes fetched are
+# exactly the missing sub-blocks.
 nch=$(file_field a.img chunks)
-[ "$(fault_gets ".thaw/chunks/")" = $((nch - present)) ] ||
-	fail "after the crash: $(fault_gets ".thaw/chunks/") chunk GETs, expected $((nch - present)) ($present of $nch present at open)"
+[ "$(file_field a.img chunk_size)" = 65536 ] || fail "a.img not read in 64 KiB sub-blocks"
+[ "$(fault_bytes ".thaw/chunks/")" = $(((nch - present) * 65536)) ] ||
+	fail "after the crash: $(fault_bytes ".thaw/chunks/") bytes of chunk GETs, expected $(((nch - present) * 65536)) ($present of $nch sub-blocks present at open)"
+[ "$(fault_gets ".thaw/chunks/")" -le $((nch - present)) ] || fail "after the crash: more chunk GETs than missing sub-blocks"
 unmount
 
 # --- a store that fails ---

@@ -1,7 +1,8 @@
 /* test_blob.c - the lazy blob over a real file:// store: byte-exact reads of
  * images and plain objects, one fetch per chunk however many readers wait,
- * priorities, hydration order, verification failures, a changed object, and
- * the persistent cache surviving a reopen (and refusing a damaged chunk). */
+ * priorities, hydration order, verification failures, a changed object, the
+ * persistent cache surviving a reopen (and refusing a damaged chunk), and a
+ * format 2 image read in sub-blocks. */
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -18,14 +19,17 @@ static char dir[256];
 static uint8_t *src;
 static uint64_t srclen;
 
-/* Write src as an image at key, the way `thaw push` lays it out. */
-static void put_image(struct store *s, const char *key, uint32_t shift)
+/* Write src as an image at key, the way `thaw push` lays it out; with
+ * sub-block hashes of 2^sub_shift bytes (format 2) unless sub_shift is 0. */
+static void put_image(struct store *s, const char *key, uint32_t shift, uint32_t sub_shift)
 {
-	struct img_index ix = { .size = srclen, .chunk_shift = shift };
-	uint64_t cs = 1ull << shift;
+	struct img_index ix = { .size = srclen, .chunk_shift = shift, .sub_shift = sub_shift };
+	uint64_t cs = 1ull << shift, subs = sub_shift ? cs >> sub_shift : 0;
 	ix.nchunks = (srclen + cs - 1) / cs;
 	ix.map = calloc(ix.nchunks + 1, 4);
 	ix.hashes = calloc(ix.nchunks + 1, 16);
+	if (subs)
+		ix.sub = calloc((ix.nchunks + 1) * subs, 8);
 	for (uint64_t i = 0; i < ix.nchunks; i++) {
 		uint64_t len = img_chunk_len(&ix, i);
 		if (img_is_zero(src + i * cs, len))
@@ -36,6 +40,8 @@ static void put_image(struct store *s, const char *key, uint32_t shift)
 		for (u = 0; u < ix.nunique && memcmp(&ix.hashes[u], &h, 16); u++)
 			;
 		if (u == ix.nunique) {
+			if (subs)
+				img_sub_hash(src + i * cs, len, sub_shift, subs, ix.sub + ix.nunique * subs);
 			ix.hashes[ix.nunique++] = h;
 			char k[128];
 			img_chunk_key(&h, k, sizeof k);
@@ -258,6 +264,56 @@ static void test_corrupt_chunk(struct store *s)
 	blob_close(b);
 }
 
+/* Format 2 read in sub-blocks (4 KiB of 64 KiB chunks): a read fetches its
+ * sub-block alone, zero chunks need no fetch, every byte is right, and a
+ * damaged sub-block fails by itself while the rest of its chunk reads.  The
+ * same image opened without image_sub_blocks is read in whole chunks. */
+static void test_image_sub_blocks(struct store *s)
+{
+	put_image(s, "imgsub", 16, 12);
+	struct blob *b;
+	CHECK_RC(blob_open(s, "imgsub", NULL, &b));
+	CHECK(blob_chunk_size(b) == CS && blob_nchunks(b) == (srclen + CS - 1) / CS);
+	blob_close(b);
+	struct blob_opts o;
+	blob_opts_default(&o);
+	o.image_sub_blocks = 1;
+	CHECK_RC(blob_open(s, "imgsub", &o, &b));
+	CHECK(blob_is_image(b) && blob_size(b) == srclen && blob_chunk_size(b) == 4096);
+	CHECK(blob_nchunks(b) == (srclen + 4095) / 4096);
+	CHECK(blob_chunk_is_zero(b, 3 * 16) && blob_chunk_is_zero(b, 5 * 16 - 1) && !blob_chunk_is_zero(b, 5 * 16));
+	struct blob_stats st;
+	uint8_t buf[100];
+	CHECK(blob_read(b, buf, sizeof buf, 7 * CS + 5 * 4096 + 7, PRIO_DEMAND) == sizeof buf &&
+	      !memcmp(buf, src + 7 * CS + 5 * 4096 + 7, sizeof buf));
+	blob_get_stats(b, &st);
+	CHECK(st.bytes_fetched == 4096 && st.fetches == 1);
+	CHECK(blob_read(b, buf, sizeof buf, 3 * CS + 100, PRIO_DEMAND) == sizeof buf && img_is_zero(buf, sizeof buf));
+	blob_get_stats(b, &st);
+	CHECK(st.fetches == 1);
+	uint8_t *all = malloc(srclen);
+	CHECK(blob_read(b, all, srclen, 0, PRIO_DEMAND) == (ssize_t)srclen && !memcmp(all, src, srclen));
+	free(all);
+	blob_close(b);
+
+	/* Damage sub-block 2 of chunk 9's object: it fails (after one more
+	 * try); sub-blocks 0 and 3 of the same chunk still read. */
+	CHECK_RC(blob_open(s, "imgsub", &o, &b));
+	char key[128], path[512];
+	img_chunk_key(&blob_index(b)->hashes[blob_index(b)->map[9] - 1], key, sizeof key);
+	snprintf(path, sizeof path, "%s/%s", dir, key);
+	corrupt_file(path, 2 * 4096 + 10);
+	ssize_t n = blob_read(b, buf, sizeof buf, 9 * CS + 2 * 4096, PRIO_DEMAND);
+	CHECK(n < 0 && strstr(err_msg(), "sub-block 2"));
+	blob_get_stats(b, &st);
+	CHECK(st.verify_failures == 2);
+	CHECK(blob_read(b, buf, sizeof buf, 9 * CS, PRIO_DEMAND) == sizeof buf && !memcmp(buf, src + 9 * CS, sizeof buf));
+	CHECK(blob_read(b, buf, sizeof buf, 9 * CS + 3 * 4096, PRIO_DEMAND) == sizeof buf &&
+	      !memcmp(buf, src + 9 * CS + 3 * 4096, sizeof buf));
+	corrupt_file(path, 2 * 4096 + 10); /* heal it */
+	blob_close(b);
+}
+
 static void test_plain_object(struct store *s)
 {
 	CHECK_RC(store_put(s, "plain.bin", src, srclen));
@@ -389,12 +445,13 @@ int main(void)
 	struct store *s;
 	CHECK_RC(store_open(&u, NULL, &s));
 	make_src(40 * CS + 1234);
-	put_image(s, "img", 16);
+	put_image(s, "img", 16, 0);
 	test_image_reads(s);
 	test_hydrate_order(&u);
 	test_cache(s);
 	test_plain_object(s);
 	test_corrupt_chunk(s);
+	test_image_sub_blocks(s);
 	store_close(s);
 	free(src);
 	char cmd[300];
