@@ -11,12 +11,13 @@
 # bytes the store sent, counted by tests/tools/faultproxy in front of s3rver,
 # so every tool is measured the same way).  thaw is measured twice: on the
 # plain object (what s3fs and rclone read) and on the same bytes pushed as a
-# thaw image (chunks verified with XXH3 on arrival), and once more on the
+# thaw image (1 MiB chunks, and again 4 MiB chunks, read in 64 KiB sub-blocks
+# verified with XXH3 on arrival), and once more on the
 # plain object with --direct-io (no FUSE page cache for files not wholly cached).
 #
 #   FUSE_BENCH_MB=1024        object size
 #   FUSE_BENCH_RANDOM=200     random reads
-#   FUSE_BENCH_TOOLS="thaw thaw-dio thaw-img s3fs rclone curl"
+#   FUSE_BENCH_TOOLS="thaw thaw-dio thaw-img thaw-img4 s3fs rclone curl"
 #   FUSE_BENCH_TTFB_RUNS=5    fresh mounts timed for the first byte
 #   BUILD=build               where thaw and the tools are
 set -eu
@@ -26,7 +27,7 @@ THAW=$ROOT/$BUILD/thaw
 FP=$ROOT/$BUILD/tools/faultproxy
 MB=${FUSE_BENCH_MB:-1024}
 NRAND=${FUSE_BENCH_RANDOM:-200}
-WHO=${FUSE_BENCH_TOOLS:-"thaw thaw-dio thaw-img s3fs rclone curl"}
+WHO=${FUSE_BENCH_TOOLS:-"thaw thaw-dio thaw-img thaw-img4 s3fs rclone curl"}
 TTFB_RUNS=${FUSE_BENCH_TTFB_RUNS:-5}
 T=$(mktemp -d /tmp/thaw-bench-fuse.XXXXXX)
 M=$T/mnt
@@ -85,6 +86,10 @@ log "making a $MB MiB object and uploading it (plain object and thaw image)"
 head -c $((MB << 20)) /dev/urandom >"$T/big.bin"
 curl -sf -T "$T/big.bin" "$DIRECT/bench/big.bin" >/dev/null || die "upload to s3rver failed"
 AWS_ENDPOINT_URL=$DIRECT "$THAW" push "$T/big.bin" "s3://bench/img/big.bin" >/dev/null || die "thaw push failed"
+case " $WHO " in *" thaw-img4 "*)
+	AWS_ENDPOINT_URL=$DIRECT "$THAW" push --chunk-size 4M "$T/big.bin" "s3://bench/img4/big.bin" >/dev/null ||
+		die "thaw push --chunk-size 4M failed" ;;
+esac
 python3 - "$T/big.bin" "$NRAND" >"$T/offsets" <<'PY'
 import os, random, sys
 size, n = os.path.getsize(sys.argv[1]), int(sys.argv[2])
@@ -109,9 +114,10 @@ wait_mounted() {
 }
 mount_tool() { # TOOL ENDPOINT
 	case $1 in
-	thaw | thaw-img | thaw-dio)
+	thaw | thaw-img | thaw-img4 | thaw-dio)
 		rm -rf "$T/cache"
-		AWS_ENDPOINT_URL=$2 "$THAW" mount "s3://bench/$([ "$1" = thaw-img ] && echo img/)" "$M" --cache "$T/cache" \
+		AWS_ENDPOINT_URL=$2 "$THAW" mount "s3://bench/$(case $1 in thaw-img) echo img/ ;; thaw-img4) echo img4/ ;; esac)" \
+			"$M" --cache "$T/cache" \
 			$([ "$1" = thaw-dio ] && echo --direct-io) 2>/dev/null || die "thaw mount failed"
 		;;
 	s3fs)
@@ -135,7 +141,7 @@ unmount_tool() {
 	i=0; while mountpoint -q "$M" && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 	sleep 0.3
 }
-file_of() { echo "$M/big.bin"; } # thaw-img mounts s3://bench/img/, where the image is big.bin
+file_of() { echo "$M/big.bin"; } # thaw-img mounts s3://bench/img/ (img4/), where the image is big.bin
 
 # Cold: dirty pages written back (the setup leaves gigabytes of them, which
 # would otherwise be flushed during whichever tool runs first) and the page
@@ -234,7 +240,7 @@ measure_curl() {
 for w in $WHO; do
 	case $w in
 	curl) measure_curl ;;
-	thaw | thaw-img | thaw-dio | s3fs | rclone) measure "$w" ;;
+	thaw | thaw-img | thaw-img4 | thaw-dio | s3fs | rclone) measure "$w" ;;
 	*) die "unknown tool $w" ;;
 	esac
 done

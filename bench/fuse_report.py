@@ -18,7 +18,7 @@ for t in tools:
         rows[t] = [None if x == "-" else float(x) for x in v]
 
 labels = {"thaw": "thaw (plain object)", "thaw-dio": "thaw --direct-io", "thaw-img": "thaw (thaw image)",
-          "s3fs": "s3fs", "rclone": "rclone mount", "curl": "curl ranged GETs"}
+          "thaw-img4": "thaw (image, 4M chunk)", "s3fs": "s3fs", "rclone": "rclone mount", "curl": "curl ranged GETs"}
 print()
 print("bench-fuse: one %s MiB object in s3rver; %s random 4 KiB reads; local page-cache read %.0f MB/s" %
       (size, nrand, local))

@@ -38,13 +38,15 @@ struct fetch {
 	struct store_op op;
 	struct blob *b;
 	uint64_t idx;
-	uint64_t count; /* chunks idx..idx+count-1, one ranged GET (plain objects) */
+	uint64_t count; /* chunks idx..idx+count-1, one ranged GET (plain objects, sub-blocks) */
+	uint64_t base;  /* streamed: the blob offset of the op's first byte */
 	int prio;
 	int tries;    /* verification attempts so far */
 	uint8_t *buf; /* malloc'd for a cache backing; points into mem otherwise;
-	                 NULL for a streamed (plain object) fetch */
+	                 NULL for a streamed fetch (plain object, image sub-blocks) */
 	uint64_t published;  /* streamed: chunks idx..idx+published-1 are present */
-	XXH3_state_t *hs;    /* streamed into a cache: the hash of the chunk being written */
+	XXH3_state_t *hs;    /* streamed into a cache or checked as it comes (sub-blocks):
+	                        the XXH3-64 of the chunk being written */
 };
 
 struct blob {
@@ -231,8 +233,11 @@ static int start_fetch(struct blob *b, uint64_t idx, uint64_t count, int prio)
 	f->count = count;
 	f->prio = prio;
 	uint64_t len = ((count - 1) << b->shift) + blob_chunk_len(b, idx + count - 1);
-	int streamed = !b->image;
-	if (streamed && b->cache && !(f->hs = XXH3_createState())) {
+	/* Sub-blocks are streamed like a plain object's chunks, each checked
+	 * against its own hash as its last byte lands, before it is published. */
+	int streamed = !b->image || b->units;
+	f->base = idx << b->shift;
+	if (streamed && (b->cache || b->units) && !(f->hs = XXH3_createState())) {
 		free(f);
 		return -ENOMEM;
 	}
@@ -327,16 +332,26 @@ static int publish(struct blob *b, struct fetch *f, uint64_t k, uint64_t n, cons
 
 #define SINK_BATCH 64
 
-/* The store's sink for a plain object's ranged GET: body bytes go straight
- * into the backing (no staging buffer), and each chunk is published as soon
- * as the piece that completes it has been written (chunks completed by one
- * piece are published together).  The store passes every byte once, in
- * order, after checking the answer against the pinned ETag. */
+/* The XXH3-64 the index gives sub-block (blob chunk) idx. */
+static uint64_t sub_hash(const struct blob *b, uint64_t idx)
+{
+	uint64_t subs = img_subs_per_chunk(&b->ix);
+	return b->ix.sub[(b->ix.map[chunk_of(b, idx)] - 1) * subs + (idx & (subs - 1))];
+}
+
+/* The store's sink for a plain object's ranged GET, or for sub-blocks of an
+ * image's chunk object: body bytes go straight into the backing (no staging
+ * buffer), and each chunk is published as soon as the piece that completes
+ * it has been written (and, a sub-block, has matched its hash; chunks
+ * completed by one piece are published together).  The store passes every
+ * byte once, in order, after checking the answer against the pinned ETag.
+ * A sub-block's bytes land in the backing before they are checked, but no
+ * reader sees an unpublished chunk, and a failed one is not recorded. */
 static int fetch_sink(struct store_op *op, uint64_t pos, const void *p, size_t n)
 {
 	struct fetch *f = op->arg;
 	struct blob *b = f->b;
-	uint64_t at = op->off + pos;
+	uint64_t at = f->base + pos;
 	if (b->cache) {
 		int rc = cache_write(b->cache, p, n, at);
 		if (rc < 0)
@@ -349,7 +364,7 @@ static int fetch_sink(struct store_op *op, uint64_t pos, const void *p, size_t n
 	while (n) {
 		uint64_t k = at >> b->shift, start = k << b->shift, end = start + blob_chunk_len(b, k);
 		size_t take = n < end - at ? n : (size_t)(end - at);
-		if (b->cache) {
+		if (f->hs) {
 			if (at == start)
 				XXH3_64bits_reset(f->hs);
 			XXH3_64bits_update(f->hs, q, take);
@@ -359,9 +374,17 @@ static int fetch_sink(struct store_op *op, uint64_t pos, const void *p, size_t n
 		n -= take;
 		if (at != end)
 			continue;
+		uint64_t sum = f->hs ? XXH3_64bits_digest(f->hs) : 0;
+		if (b->units && sum != sub_hash(b, k)) {
+			int rc = ndone ? publish(b, f, done_first, ndone, sums) : 0;
+			if (rc < 0)
+				return rc;
+			return err_set(EBADMSG, "%s: sub-block %llu does not match its XXH3-64 (corrupt chunk)", op->key,
+				       (unsigned long long)(k & ((1ull << b->ushift) - 1)));
+		}
 		if (!ndone)
 			done_first = k;
-		sums[ndone++] = b->cache ? XXH3_64bits_digest(f->hs) : 0;
+		sums[ndone++] = sum;
 		if (ndone == SINK_BATCH) {
 			int rc = publish(b, f, done_first, ndone, sums);
 			if (rc < 0)
@@ -385,18 +408,7 @@ static int verify(struct blob *b, struct fetch *f, char *why, size_t n)
 			 op->key, (unsigned long long)op->nread, (unsigned long long)op->len);
 		return -EIO;
 	}
-	if (b->units) {
-		uint64_t subs = img_subs_per_chunk(&b->ix);
-		for (uint64_t k = 0; k < f->count; k++) {
-			uint64_t u = f->idx + k, want = b->ix.sub[(b->ix.map[chunk_of(b, u)] - 1) * subs +
-								 (u & (subs - 1))];
-			if (XXH3_64bits(f->buf + (k << b->shift), blob_chunk_len(b, u)) != want) {
-				snprintf(why, n, "%s: sub-block %llu does not match its XXH3-64 (corrupt chunk)", op->key,
-					 (unsigned long long)(u & (subs - 1)));
-				return -EBADMSG;
-			}
-		}
-	} else if (b->image) {
+	if (b->image && !b->units) { /* sub-blocks were checked in fetch_sink */
 		struct img_hash h;
 		img_hash_chunk(f->buf, op->len, &h);
 		if (memcmp(&h, &b->ix.hashes[b->ix.map[f->idx] - 1], sizeof h)) {
@@ -413,12 +425,15 @@ static void fetch_done(struct store_op *op)
 	struct blob *b = f->b;
 	char why[ERR_MSG_MAX];
 	int rc = verify(b, f, why, sizeof why);
+	int streamed = op->sink != NULL;
 	if (rc == -EBADMSG) {
 		__atomic_add_fetch(&b->verify_failures, 1, __ATOMIC_RELAXED);
-		/* One re-fetch: a bit flip on the way heals; a corrupt object does not. */
+		/* One re-fetch: a bit flip on the way heals; a corrupt object does
+		 * not.  A streamed fetch asks again for what it has not published. */
 		if (f->tries++ < 1 && !b->closing) {
 			log_warn("%s; fetching it again", why);
-			uint64_t len = op->len, off = op->off;
+			uint64_t skip = streamed ? f->published << b->shift : 0;
+			uint64_t len = op->len - skip, off = op->off + skip;
 			char key[STORE_KEY_MAX];
 			memcpy(key, op->key, sizeof key);
 			memset(op, 0, sizeof *op);
@@ -427,6 +442,8 @@ static void fetch_done(struct store_op *op)
 			op->buf = f->buf;
 			op->off = off;
 			op->len = len;
+			op->sink = streamed ? fetch_sink : NULL;
+			f->base += skip;
 			op->urgent = f->prio == PRIO_DEMAND;
 			op->done = fetch_done;
 			op->arg = f;
@@ -435,7 +452,6 @@ static void fetch_done(struct store_op *op)
 			snprintf(why, sizeof why, "%s", err_msg());
 		}
 	}
-	int streamed = op->sink != NULL;
 	if (rc == 0 && streamed && f->published != f->count) {
 		snprintf(why, sizeof why, "%s: only %llu of %llu chunks arrived", op->key,
 			 (unsigned long long)f->published, (unsigned long long)f->count);
