@@ -103,6 +103,9 @@ struct blob {
 	struct fetch **claim;
 };
 
+#define PLAIN_CHUNK_MIN (16u << 10)
+#define PLAIN_CHUNKS_MAX (1u << 20)
+
 /* The largest fetch a reader runs on its own thread (one image chunk). */
 #define HERE_MAX (1u << 20)
 
@@ -130,7 +133,7 @@ void blob_opts_default(struct blob_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	o->jobs = 16;
-	o->plain_chunk_size = 64u << 10;
+	o->plain_chunk_size = 0;
 	o->coalesce_bytes = 16u << 20;
 }
 
@@ -937,8 +940,6 @@ int blob_open(struct store *s, const char *key, const struct blob_opts *opts, st
 	if (b->o.bg_jobs < 1 || b->o.bg_jobs > b->o.jobs)
 		/* Leave demand a free slot or two, so a fault never queues behind the pusher. */
 		b->o.bg_jobs = b->o.jobs > 2 ? b->o.jobs - 2 : 1;
-	if (!b->o.plain_chunk_size)
-		b->o.plain_chunk_size = 64u << 10;
 	if (!b->o.coalesce_bytes)
 		b->o.coalesce_bytes = 16u << 20;
 	snprintf(b->key, sizeof b->key, "%s", key);
@@ -967,6 +968,13 @@ int blob_open(struct store *s, const char *key, const struct blob_opts *opts, st
 		}
 	} else if (rc == 0) {
 		uint64_t cs = b->o.plain_chunk_size;
+		/* Small chunks make a cold random read cheap (16 KiB: 200 random
+		 * reads of 1 GiB in s3rver took 10-28% less time than with 64 KiB);
+		 * the cap on their number bounds the chunk map (10 bytes a chunk
+		 * in memory, 8 on disk). */
+		if (!cs)
+			for (cs = PLAIN_CHUNK_MIN; osize / cs > PLAIN_CHUNKS_MAX; cs <<= 1)
+				;
 		if (cs & (cs - 1) || cs < 4096)
 			rc = err_set(EINVAL, "plain chunk size %llu is not a power of two >= 4096",
 				     (unsigned long long)cs);
