@@ -291,6 +291,23 @@ static int start_fetch(struct blob *b, uint64_t idx, uint64_t count, int prio)
 	return rc;
 }
 
+/* What f fetches, for messages: "chunk 7", or for an image read in
+ * sub-blocks the image's chunk and the sub-blocks of it ("chunk 2, sub-blocks
+ * 0-15"), so the chunk named is the one `thaw stat` and the index count. */
+static const char *fetch_label(const struct blob *b, const struct fetch *f, char *buf, size_t n)
+{
+	uint64_t mask = (1ull << b->ushift) - 1, first = f->idx & mask, last = (f->idx + f->count - 1) & mask;
+	if (!b->units)
+		snprintf(buf, n, "chunk %llu", (unsigned long long)f->idx);
+	else if (first == last)
+		snprintf(buf, n, "chunk %llu, sub-block %llu", (unsigned long long)chunk_of(b, f->idx),
+			 (unsigned long long)first);
+	else
+		snprintf(buf, n, "chunk %llu, sub-blocks %llu-%llu", (unsigned long long)chunk_of(b, f->idx),
+			 (unsigned long long)first, (unsigned long long)last);
+	return buf;
+}
+
 /* The store would not take f (err_msg() says why): its chunks fail.  With
  * b->mu held. */
 static void fetch_refused(struct blob *b, struct fetch *f)
@@ -300,7 +317,8 @@ static void fetch_refused(struct blob *b, struct fetch *f)
 	b->inflight--;
 	if (f->prio == PRIO_BACKGROUND)
 		b->inflight_bg--;
-	snprintf(b->last_err, sizeof b->last_err, "chunk %llu: %s", (unsigned long long)f->idx, err_msg());
+	char what[64];
+	snprintf(b->last_err, sizeof b->last_err, "%s: %s", fetch_label(b, f, what, sizeof what), err_msg());
 	if (!b->mem)
 		free(f->buf);
 	XXH3_freeState(f->hs);
@@ -485,7 +503,8 @@ static void fetch_done(struct store_op *op)
 		for (uint64_t k = from; k < f->count; k++)
 			b->state[f->idx + k] = C_FAILED;
 		b->fetch_failures++;
-		snprintf(b->last_err, sizeof b->last_err, "chunk %llu of %s: %s", (unsigned long long)f->idx, b->key,
+		char what[64];
+		snprintf(b->last_err, sizeof b->last_err, "%s of %s: %s", fetch_label(b, f, what, sizeof what), b->key,
 			 why);
 		log_error("%s", b->last_err);
 	}
