@@ -389,7 +389,11 @@ void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size
 
 	int rc = 0;
 	if (!mixed && f->data_fd >= 0 && size <= fs->splice_max && __atomic_load_n(&f->fd_checked, __ATOMIC_ACQUIRE) >= 0) {
-		for (uint64_t i = first; rc == 0 && i <= last; i++)
+		/* The last chunk first: a GET publishes its chunks in order, so
+		 * the others are then mostly there, and this thread is woken once
+		 * for the read rather than once for each chunk it spans. */
+		rc = blob_wait_requested(b, last);
+		for (uint64_t i = first; rc == 0 && i < last; i++)
 			rc = blob_wait_requested(b, i);
 		if (rc == 0 && !__atomic_load_n(&f->fd_checked, __ATOMIC_ACQUIRE)) {
 			pthread_mutex_lock(&f->mu);
