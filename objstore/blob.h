@@ -35,7 +35,7 @@ struct blob_opts {
 	int jobs;                 /* fetches in flight (default 16) */
 	uint64_t plain_chunk_size;/* chunk size for plain objects (a power of two): the least a
 	                             cold random read fetches; 0 (the default): by the object's
-	                             size, 16 KiB doubled until it has at most 2^20 chunks */
+	                             size, 64 KiB doubled until it has at most 2^20 chunks */
 	const char *cache_dir;    /* NULL: anonymous-memory backing; else persistent cache */
 	int writable;             /* allow blob_write (copy-on-write into the cache) */
 	uint64_t bg_bytes_per_sec;/* cap for background fetches; 0 = none */

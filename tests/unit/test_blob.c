@@ -385,18 +385,18 @@ static void test_plain_object(struct store *s)
 	CHECK(blob_size(b) == 0 && blob_nchunks(b) == 0 && blob_complete(b));
 	blob_close(b);
 	CHECK(blob_open(s, "no-such-key", NULL, &b) == -ENOENT && strstr(err_msg(), "no-such-key"));
-	/* The default chunk size: 16 KiB, doubled until the object has at most
-	 * 2^20 chunks (a sparse 40 GiB file plays a large object). */
+	/* The default chunk size: 64 KiB, doubled until the object has at most
+	 * 2^20 chunks (a sparse 80 GiB file plays a large object). */
 	CHECK_RC(blob_open(s, "one", NULL, &b));
-	CHECK(blob_chunk_size(b) == 16384);
+	CHECK(blob_chunk_size(b) == 65536);
 	blob_close(b);
 	char path[512];
 	snprintf(path, sizeof path, "%s/big-sparse", dir);
 	int fd = open(path, O_CREAT | O_WRONLY | O_TRUNC, 0600);
-	CHECK(fd >= 0 && ftruncate(fd, 40ll << 30) == 0);
+	CHECK(fd >= 0 && ftruncate(fd, 80ll << 30) == 0);
 	close(fd);
 	CHECK_RC(blob_open(s, "big-sparse", NULL, &b));
-	CHECK(blob_chunk_size(b) == 64u << 10 && blob_nchunks(b) == (40ull << 30) / (64u << 10));
+	CHECK(blob_chunk_size(b) == 128u << 10 && blob_nchunks(b) == (80ull << 30) / (128u << 10));
 	blob_close(b);
 	unlink(path);
 }
