@@ -171,8 +171,10 @@ int blob_is_image(const struct blob *b) { return b->image; }
 const char *blob_etag(const struct blob *b) { return b->etag; }
 const struct img_index *blob_index(const struct blob *b) { return b->image ? &b->ix : NULL; }
 
-/* The image chunk (stored object) blob chunk idx lies in. */
+/* The image chunk (stored object) blob chunk idx lies in, and which of its
+ * sub-blocks it is (0 unless the image is read in sub-blocks). */
 static inline uint64_t chunk_of(const struct blob *b, uint64_t idx) { return idx >> b->ushift; }
+static inline uint64_t sub_of(const struct blob *b, uint64_t idx) { return idx & ((1ull << b->ushift) - 1); }
 
 uint64_t blob_chunk_len(const struct blob *b, uint64_t idx)
 {
@@ -261,7 +263,7 @@ static int start_fetch(struct blob *b, uint64_t idx, uint64_t count, int prio)
 	op->len = len;
 	if (b->image) {
 		img_chunk_key(&b->ix.hashes[b->ix.map[chunk_of(b, idx)] - 1], op->key, sizeof op->key);
-		op->off = (idx & ((1ull << b->ushift) - 1)) << b->shift;
+		op->off = sub_of(b, idx) << b->shift;
 	} else {
 		snprintf(op->key, sizeof op->key, "%s", b->key);
 		op->off = idx << b->shift;
@@ -296,7 +298,7 @@ static int start_fetch(struct blob *b, uint64_t idx, uint64_t count, int prio)
  * 0-15"), so the chunk named is the one `thaw stat` and the index count. */
 static const char *fetch_label(const struct blob *b, const struct fetch *f, char *buf, size_t n)
 {
-	uint64_t mask = (1ull << b->ushift) - 1, first = f->idx & mask, last = (f->idx + f->count - 1) & mask;
+	uint64_t first = sub_of(b, f->idx), last = sub_of(b, f->idx + f->count - 1);
 	if (!b->units)
 		snprintf(buf, n, "chunk %llu", (unsigned long long)f->idx);
 	else if (first == last)
@@ -356,8 +358,7 @@ static int publish(struct blob *b, struct fetch *f, uint64_t k, uint64_t n, cons
 /* The XXH3-64 the index gives sub-block (blob chunk) idx. */
 static uint64_t sub_hash(const struct blob *b, uint64_t idx)
 {
-	uint64_t subs = img_subs_per_chunk(&b->ix);
-	return b->ix.sub[(b->ix.map[chunk_of(b, idx)] - 1) * subs + (idx & (subs - 1))];
+	return b->ix.sub[(b->ix.map[chunk_of(b, idx)] - 1) * img_subs_per_chunk(&b->ix) + sub_of(b, idx)];
 }
 
 /* The store's sink for a plain object's ranged GET, or for sub-blocks of an
@@ -401,7 +402,7 @@ static int fetch_sink(struct store_op *op, uint64_t pos, const void *p, size_t n
 			if (rc < 0)
 				return rc;
 			return err_set(EBADMSG, "%s: sub-block %llu does not match its XXH3-64 (corrupt chunk)", op->key,
-				       (unsigned long long)(k & ((1ull << b->ushift) - 1)));
+				       (unsigned long long)sub_of(b, k));
 		}
 		if (!ndone)
 			done_first = k;

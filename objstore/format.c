@@ -24,7 +24,7 @@ int img_is_index(const void *buf, size_t len)
 /* Header fields, once validated. */
 struct hdr {
 	uint64_t size, nchunks, nunique, index_len, subs;
-	uint32_t ver, shift, sub_shift;
+	uint32_t shift, sub_shift;
 };
 
 static uint64_t index_len_of(uint64_t nchunks, uint64_t nunique, uint64_t subs)
@@ -43,7 +43,6 @@ static int parse_header(const uint8_t *p, size_t len, struct hdr *h)
 		return err_set(EPROTONOSUPPORT,
 			       "thaw image version %u is not supported (this thaw reads versions %d to %d)", ver,
 			       IMG_VERSION_MIN, IMG_VERSION);
-	h->ver = ver;
 	if (hlen != IMG_HEADER_LEN)
 		return err_set(EINVAL, "image header length %u, expected %d", hlen, IMG_HEADER_LEN);
 	h->size = rd64(p + 16);

@@ -45,6 +45,36 @@ static void add_subs(struct img_index *ix, uint32_t sub_shift)
 		ix->sub[(last - 1) * subs + j] = 0;
 }
 
+/* 1 if img_decode refuses every truncation of the len-byte index p. */
+static int all_truncations_refused(const uint8_t *p, size_t len)
+{
+	struct img_index out;
+	for (size_t cut = 0; cut < len; cut += (cut < 200 ? 1 : 97))
+		if (img_decode(p, cut, &out) == 0) {
+			img_index_free(&out);
+			return 0;
+		}
+	return 1;
+}
+
+/* 1 if img_decode catches a flip of every step-th bit (by a field check or the checksum). */
+static int all_flips_caught(const uint8_t *p, size_t len, size_t step)
+{
+	struct img_index out;
+	uint8_t *bad = malloc(len);
+	int ok = 1;
+	for (size_t bit = 0; ok && bit < len * 8; bit += step) {
+		memcpy(bad, p, len);
+		bad[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+		if (img_decode(bad, len, &out) == 0) {
+			ok = 0;
+			img_index_free(&out);
+		}
+	}
+	free(bad);
+	return ok;
+}
+
 static uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 static void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static void wr64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
@@ -113,25 +143,10 @@ int main(void)
 	CHECK_RC(img_encode(&ix, &enc, &len));
 	uint8_t *p = enc, *bad = malloc(len + 16);
 
-	/* Every truncation is refused. */
-	int all_refused = 1;
-	for (size_t cut = 0; cut < len; cut += (cut < 200 ? 1 : 97))
-		if (img_decode(p, cut, &out) == 0)
-			all_refused = 0;
-	CHECK(all_refused);
+	/* Every truncation is refused; every single bit flip is caught. */
+	CHECK(all_truncations_refused(p, len));
 	CHECK(img_decode(p, len - 1, &out) < 0 && strstr(err_msg(), "truncated"));
-
-	/* Every single bit flip is caught (by a field check or the checksum). */
-	int all_caught = 1;
-	for (size_t bit = 0; bit < len * 8; bit += 7) {
-		memcpy(bad, p, len);
-		bad[bit / 8] ^= (uint8_t)(1u << (bit % 8));
-		if (img_decode(bad, len, &out) == 0) {
-			all_caught = 0;
-			img_index_free(&out);
-		}
-	}
-	CHECK(all_caught);
+	CHECK(all_flips_caught(p, len, 7));
 
 	/* Header fields that lie, with the checksum recomputed so only the field check can catch them. */
 	memcpy(bad, p, len);
@@ -197,24 +212,8 @@ int main(void)
 	build(&ix, 1 << 20, 14);
 	add_subs(&ix, 12);
 	CHECK_RC(img_encode(&ix, &enc, &len));
-	p = enc;
-	bad = malloc(len);
-	all_refused = 1;
-	for (size_t cut = 0; cut < len; cut += (cut < 200 ? 1 : 97))
-		if (img_decode(p, cut, &out) == 0)
-			all_refused = 0;
-	CHECK(all_refused);
-	all_caught = 1;
-	for (size_t bit = 0; bit < len * 8; bit += 5) {
-		memcpy(bad, p, len);
-		bad[bit / 8] ^= (uint8_t)(1u << (bit % 8));
-		if (img_decode(bad, len, &out) == 0) {
-			all_caught = 0;
-			img_index_free(&out);
-		}
-	}
-	CHECK(all_caught);
-	free(bad);
+	CHECK(all_truncations_refused(enc, len));
+	CHECK(all_flips_caught(enc, len, 5));
 	free(enc);
 	img_index_free(&ix);
 	return check_summary("test_format");
