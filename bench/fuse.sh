@@ -9,7 +9,8 @@
 # re-read (median of 3, after a sync: the kernel's page cache), and
 # NRAND random 4 KiB reads on a fresh mount (total, p50/p99 latency, and the
 # bytes the store sent, counted by tests/tools/faultproxy in front of s3rver,
-# so every tool is measured the same way).  thaw is measured twice: on the
+# so every tool is measured the same way).  The cold reads run in ROUNDS
+# rounds, every tool once per round, and the table shows their medians.  thaw is measured twice: on the
 # plain object (what s3fs and rclone read) and on the same bytes pushed as a
 # thaw image (1 MiB chunks, and again 4 MiB chunks, read in 64 KiB sub-blocks
 # verified with XXH3 on arrival), and once more on the
@@ -19,6 +20,7 @@
 #   FUSE_BENCH_RANDOM=200     random reads
 #   FUSE_BENCH_TOOLS="thaw thaw-dio thaw-img thaw-img4 s3fs rclone curl"
 #   FUSE_BENCH_TTFB_RUNS=5    fresh mounts timed for the first byte
+#   FUSE_BENCH_ROUNDS=3       rounds of the cold sequential and random reads
 #   BUILD=build               where thaw and the tools are
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +31,7 @@ MB=${FUSE_BENCH_MB:-1024}
 NRAND=${FUSE_BENCH_RANDOM:-200}
 WHO=${FUSE_BENCH_TOOLS:-"thaw thaw-dio thaw-img thaw-img4 s3fs rclone curl"}
 TTFB_RUNS=${FUSE_BENCH_TTFB_RUNS:-5}
+ROUNDS=${FUSE_BENCH_ROUNDS:-3}
 T=$(mktemp -d /tmp/thaw-bench-fuse.XXXXXX)
 M=$T/mnt
 export XDG_RUNTIME_DIR=$T/run
@@ -162,64 +165,74 @@ read_rate() {
 # or of the source file runs during the timing).
 warm_rate() { for k in 1 2 3; do sync; read_rate "$1"; done | median; }
 
-measure() { # TOOL -> res/TOOL: ttfb_ms seq_MBps warm_MBps rand_total_s p50_ms p99_ms rand_MB
-	tool=$1
-	log "$tool: time to first byte (median of $TTFB_RUNS fresh mounts)"
-	ttfbs=""
-	k=0
-	while [ $k -lt "$TTFB_RUNS" ]; do
-		# Dirty pages flushed (before mounting, so the mount's own start-up
-		# is not slowed) but the page cache kept: dropping it would time each
-		# daemon reading its own code back from disk, which curl's timer does not.
-		cold settle
-		mount_tool "$tool" "$DIRECT"
-		# Timed inside one process, from open to the first byte (as curl's
-		# time_starttransfer is): a process start is no part of the filesystem.
-		# Unbuffered: Python's buffered read(1) asks for st_blksize bytes,
-		# which is 1 MiB on thaw and 4 KiB on s3fs.
-		ttfbs="$ttfbs $(python3 -c 'import os, sys, time
+# One round for TOOL (ROUND 1 also times the first byte and the warm re-read):
+# appends "seq_MBps rand_total_s p50_ms p99_ms rand_MB" to res/TOOL.rounds.
+measure() { # TOOL ROUND
+	tool=$1 round=$2
+	if [ "$round" = 1 ]; then
+		log "$tool: time to first byte (median of $TTFB_RUNS fresh mounts)"
+		ttfbs=""
+		k=0
+		while [ $k -lt "$TTFB_RUNS" ]; do
+			# Dirty pages flushed (before mounting, so the mount's own start-up
+			# is not slowed) but the page cache kept: dropping it would time each
+			# daemon reading its own code back from disk, which curl's timer does not.
+			cold settle
+			mount_tool "$tool" "$DIRECT"
+			# Timed inside one process, from open to the first byte (as curl's
+			# time_starttransfer is): a process start is no part of the filesystem.
+			# Unbuffered: Python's buffered read(1) asks for st_blksize bytes,
+			# which is 1 MiB on thaw and 4 KiB on s3fs.
+			ttfbs="$ttfbs $(python3 -c 'import os, sys, time
 t = time.perf_counter()
 fd = os.open(sys.argv[1], os.O_RDONLY)
 assert len(os.read(fd, 1)) == 1
 print((time.perf_counter() - t) * 1000)' "$(file_of "$tool")")" || die "$tool: first byte"
-		unmount_tool "$tool"
-		k=$((k + 1))
-	done
-	ttfb=$(echo "$ttfbs" | median)
+			unmount_tool "$tool"
+			k=$((k + 1))
+		done
+		echo "$ttfbs" | median >"$T/res/$tool.ttfb"
+	fi
 
-	log "$tool: cold sequential read of $MB MiB"
+	log "$tool: cold sequential read of $MB MiB (round $round of $ROUNDS)"
 	mount_tool "$tool" "$DIRECT"
 	cold
 	seq=$(read_rate "$(file_of "$tool")")
-	log "$tool: warm re-read (median of 3)"
-	warm=$(warm_rate "$(file_of "$tool")")
+	if [ "$round" = 1 ]; then
+		log "$tool: warm re-read (median of 3)"
+		warm_rate "$(file_of "$tool")" >"$T/res/$tool.warm"
+	fi
 	unmount_tool "$tool"
 
-	log "$tool: $NRAND random 4 KiB reads"
+	log "$tool: $NRAND random 4 KiB reads (round $round of $ROUNDS)"
 	mount_tool "$tool" "$PROXY"
 	stat "$(file_of "$tool")" >/dev/null
 	cold
 	proxy_clear
-	FUSE_LAT_FILE="$T/res/$tool.lat" \
+	FUSE_LAT_FILE="$T/res/$tool.lat$round" \
 		python3 "$ROOT/bench/fuse_random.py" "$(file_of "$tool")" "$T/big.bin" $(cat "$T/offsets") >"$T/rand.out" ||
 		die "$tool: random reads failed: $(cat "$T/rand.out")"
 	rmb=$(echo "$(proxy_bytes) / 1048576" | bc -l)
 	unmount_tool "$tool"
-	echo "$ttfb $seq $warm $(cat "$T/rand.out") $rmb" >"$T/res/$tool"
+	echo "$seq $(cat "$T/rand.out") $rmb" >>"$T/res/$tool.rounds"
 }
 
-measure_curl() {
-	log "curl: time to first byte (1-byte ranged GET, new connection; median of $TTFB_RUNS)"
-	ttfbs=""
-	k=0
-	while [ $k -lt "$TTFB_RUNS" ]; do
-		cold settle
-		ttfbs="$ttfbs $(curl -s -o /dev/null -r 0-0 -w '%{time_starttransfer}' "$DIRECT/bench/big.bin" |
-			awk '{ print $1 * 1000 }')"
-		k=$((k + 1))
-	done
-	ttfb=$(echo "$ttfbs" | median)
-	log "curl: 16 parallel ranged GETs of the whole object"
+measure_curl() { # ROUND
+	round=$1
+	if [ "$round" = 1 ]; then
+		log "curl: time to first byte (1-byte ranged GET, new connection; median of $TTFB_RUNS)"
+		ttfbs=""
+		k=0
+		while [ $k -lt "$TTFB_RUNS" ]; do
+			cold settle
+			ttfbs="$ttfbs $(curl -s -o /dev/null -r 0-0 -w '%{time_starttransfer}' "$DIRECT/bench/big.bin" |
+				awk '{ print $1 * 1000 }')"
+			k=$((k + 1))
+		done
+		echo "$ttfbs" | median >"$T/res/curl.ttfb"
+		echo - >"$T/res/curl.warm"
+	fi
+	log "curl: 16 parallel ranged GETs of the whole object (round $round of $ROUNDS)"
 	part=$(( (MB << 20) / 16 ))
 	cold
 	t0=$(now)
@@ -227,22 +240,39 @@ measure_curl() {
 		xargs -P 16 -I R curl -sf -o /dev/null -r R "$DIRECT/bench/big.bin"
 	t1=$(now)
 	seq=$(echo "$MB / ($t1 - $t0)" | bc -l)
-	log "curl: $NRAND ranged 4 KiB GETs on one connection"
+	log "curl: $NRAND ranged 4 KiB GETs on one connection (round $round of $ROUNDS)"
 	cold
 	proxy_clear
-	FUSE_LAT_FILE="$T/res/curl.lat" \
+	FUSE_LAT_FILE="$T/res/curl.lat$round" \
 		python3 "$ROOT/bench/fuse_random.py" --http "$PROXY/bench/big.bin" "$T/big.bin" $(cat "$T/offsets") >"$T/rand.out" ||
 		die "curl: random GETs failed: $(cat "$T/rand.out")"
 	rmb=$(echo "$(proxy_bytes) / 1048576" | bc -l)
-	echo "$ttfb $seq - $(cat "$T/rand.out") $rmb" >"$T/res/curl"
+	echo "$seq $(cat "$T/rand.out") $rmb" >>"$T/res/curl.rounds"
 }
 
+# Rounds, each tool once per round in turn: the host's speed drifts by tens of
+# percent over minutes here, and interleaving gives every tool the same drift.
+round=1
+while [ $round -le "$ROUNDS" ]; do
+	for w in $WHO; do
+		case $w in
+		curl) measure_curl $round ;;
+		thaw | thaw-img | thaw-img4 | thaw-dio | s3fs | rclone) measure "$w" $round ;;
+		*) die "unknown tool $w" ;;
+		esac
+	done
+	round=$((round + 1))
+done
+
+# Each tool's row: the first byte and warm re-read from round 1, every other
+# column the median over the rounds (column by column).
+col_median() { awk -v c="$2" '{ print $c }' "$1" | median; }
 for w in $WHO; do
-	case $w in
-	curl) measure_curl ;;
-	thaw | thaw-img | thaw-img4 | thaw-dio | s3fs | rclone) measure "$w" ;;
-	*) die "unknown tool $w" ;;
-	esac
+	r=$T/res/$w.rounds
+	echo "$(cat "$T/res/$w.ttfb") $(col_median "$r" 1) $(cat "$T/res/$w.warm") $(col_median "$r" 2)" \
+		"$(col_median "$r" 3) $(col_median "$r" 4) $(col_median "$r" 5)" >"$T/res/$w"
+	cat "$T/res/$w".lat[0-9]* >"$T/res/$w.lat"
+	log "$w, per round: cold MB/s $(awk '{ printf " %.0f", $1 }' "$r"); random total s $(awk '{ printf " %.3f", $2 }' "$r")"
 done
 
 # Local file baseline: the same bytes from the page cache.

@@ -2,7 +2,8 @@
 
 usage: fuse_report.py RESDIR LOCAL_MBPS SIZE_MB NRAND TOOL...
 Each RESDIR/TOOL holds: ttfb_ms seq_MBps warm_MBps rand_total_s p50_ms p99_ms rand_MB
-("-" where a number does not apply).  Ratios are thaw's (the plain object)
+("-" where a number does not apply), medians over the rounds; RESDIR/TOOL.rounds
+holds each round's seq_MBps rand_total_s p50_ms p99_ms rand_MB.  Ratios are thaw's (the plain object)
 against each other tool: > 1 means thaw is better.
 """
 import os
@@ -92,3 +93,23 @@ if base:
               ("time to first byte vs curl's first byte", base[TTFB] / curl[TTFB]))
     if base[WARM]:
         check("warm re-read vs the local file", base[WARM] / local, ">=", 0.9)
+
+    # The spread behind the medians: each round's ratios, tools interleaved.
+    def rounds(t):
+        path = os.path.join(resdir, t + ".rounds")
+        return [[float(x) for x in l.split()] for l in open(path)] if os.path.exists(path) else []
+
+    def per_round(name, a, b, col):
+        ra, rb = rounds(a), rounds(b)
+        if ra and rb and len(ra) == len(rb) and len(ra) > 1:
+            v = [x[col] / y[col] for x, y in zip(ra, rb)]
+            print("  %-52s %s" % (name, " / ".join("%.2f" % x for x in v)))
+
+    print()
+    print("each round (tools interleaved; the targets above use the medians):")
+    for t in ("thaw", "thaw-dio"):
+        if t in rows:
+            per_round("%s: cold sequential vs parallel curl" % labels[t], t, "curl", 0)
+            per_round("%s: cold sequential vs s3fs" % labels[t], t, "s3fs", 0)
+    per_round("sparse workload total vs rclone", "thaw", "rclone", 1)
+    per_round("sparse workload total vs s3fs", "thaw", "s3fs", 1)
