@@ -407,7 +407,8 @@ void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size
 			bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 			bv.buf[0].fd = f->data_fd;
 			bv.buf[0].pos = (off_t)off;
-			fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+			if (fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE) == 0)
+				blob_served(b, off, size);
 			return;
 		}
 	}
@@ -427,7 +428,8 @@ void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size
 		fuse_reply_err(req, rc == -ENOMEM ? ENOMEM : EIO);
 		return;
 	}
-	fuse_reply_buf(req, (const char *)buf, size);
+	if (fuse_reply_buf(req, (const char *)buf, size) == 0 && !mixed)
+		blob_served(b, off, size);
 }
 
 void file_write(struct thawfs *fs, struct fhandle *h, fuse_req_t req, const char *buf, size_t size,

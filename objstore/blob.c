@@ -889,6 +889,12 @@ int blob_cache_fd(const struct blob *b)
 	return b->cache ? cache_data_fd(b->cache) : -1;
 }
 
+void blob_served(struct blob *b, uint64_t off, uint64_t len)
+{
+	if (b->cache)
+		cache_served(b->cache, off, len);
+}
+
 void blob_set_listener(struct blob *b, blob_listener fn, void *arg)
 {
 	pthread_mutex_lock(&b->mu);

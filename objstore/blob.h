@@ -135,6 +135,9 @@ void blob_set_listener(struct blob *b, blob_listener fn, void *arg);
  * bytes sit at their object offsets (for splice).  -1 for memory backing.
  * Owned by the blob: dup() it to keep it past blob_close. */
 int blob_cache_fd(const struct blob *b);
+/* The reader has its own copy of [off, off+len) now (a FUSE reply into the
+ * kernel's page cache): see cache_served.  No-op without drop_durable. */
+void blob_served(struct blob *b, uint64_t off, uint64_t len);
 void blob_get_stats(struct blob *b, struct blob_stats *st);
 
 #endif

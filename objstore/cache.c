@@ -27,8 +27,21 @@ struct cache {
 	size_t npend, cap;
 	struct cache *next;  /* on the flusher's list */
 	int flushing;        /* the flusher is working on it (flush_mu) */
-	int drop_durable;    /* drop chunks' pages from the page cache once durable */
+	int drop_durable;    /* drop chunks' pages once durable and served (cache_drop_durable) */
+	uint8_t *fate;       /* per chunk: FATE_DURABLE | FATE_SERVED (atomic), when drop_durable */
 };
+
+/* A chunk's pages leave the page cache once both have happened: it is
+ * durable (the flusher), and its reader has taken its own copy
+ * (cache_served).  Dropping at durability alone threw away what a reader
+ * trailing the fetch had not read yet, and it read every byte back from
+ * disk.  Pages go by aligned groups of DROP_GROUP bytes, whoever completes a
+ * group dropping it: the data file's page cache holds large folios (up to
+ * 2 MiB, naturally aligned), and the kernel drops no folio a range covers
+ * only in part. */
+#define FATE_DURABLE 1
+#define FATE_SERVED 2
+#define DROP_GROUP (2ull << 20)
 
 /* One flusher thread for every cache in the process, not one per open
  * object: a mount that has touched thousands of files keeps thousands of
@@ -195,6 +208,9 @@ int cache_load_map(struct cache *c, uint64_t *sums)
 {
 	if (c->n && fsu_pread_full(c->map_fd, sums, c->n * 8, MAP_HDR) < 0)
 		return err_set(EIO, "read cache map in %s", c->dir);
+	for (uint64_t i = 0; c->fate && i < c->n; i++)
+		if (sums[i])
+			c->fate[i] = FATE_DURABLE; /* recorded, so durable */
 	return 0;
 }
 
@@ -273,6 +289,44 @@ int cache_commit(struct cache *c, uint64_t idx, const void *buf, uint64_t len)
 	return rc < 0 ? rc : cache_record(c, idx, XXH3_64bits(buf, len));
 }
 
+static uint64_t group_chunks(const struct cache *c) { return c->cs < DROP_GROUP ? DROP_GROUP / c->cs : 1; }
+
+/* Drop group g's pages if all its chunks are durable and served.  Sequentially
+ * consistent with the fetch_or of each side, so that of two threads completing
+ * a group at once at least one sees it complete. */
+static void drop_group_if_done(struct cache *c, uint64_t g)
+{
+	uint64_t per = group_chunks(c), first = g * per, last = first + per < c->n ? first + per : c->n;
+	for (uint64_t i = first; i < last; i++)
+		if ((__atomic_load_n(&c->fate[i], __ATOMIC_SEQ_CST) & (FATE_DURABLE | FATE_SERVED)) !=
+		    (FATE_DURABLE | FATE_SERVED))
+			return;
+	uint64_t from = first * c->cs, to = last * c->cs < c->size ? last * c->cs : c->size;
+	posix_fadvise(c->data_fd, (off_t)from, (off_t)(to - from), POSIX_FADV_DONTNEED);
+}
+
+/* Mark chunks first..last with bit, then drop the groups that completes. */
+static void mark_and_drop(struct cache *c, uint64_t first, uint64_t last, uint8_t bit)
+{
+	for (uint64_t i = first; i <= last; i++)
+		__atomic_fetch_or(&c->fate[i], bit, __ATOMIC_SEQ_CST);
+	uint64_t per = group_chunks(c);
+	for (uint64_t g = first / per; g <= last / per; g++)
+		drop_group_if_done(c, g);
+}
+
+void cache_served(struct cache *c, uint64_t off, uint64_t len)
+{
+	if (!c->fate || !__atomic_load_n(&c->drop_durable, __ATOMIC_RELAXED) || off >= c->size || !len)
+		return;
+	uint64_t end = len > c->size - off ? c->size : off + len;
+	/* Only chunks read whole are served: the rest of one read in part is
+	 * still to come (the last chunk ends at the object's end). */
+	uint64_t first = (off + c->cs - 1) / c->cs, last = end == c->size ? c->n : end / c->cs;
+	if (first < last)
+		mark_and_drop(c, first, last - 1, FATE_SERVED);
+}
+
 int cache_flush(struct cache *c)
 {
 	pthread_mutex_lock(&c->mu);
@@ -301,9 +355,8 @@ int cache_flush(struct cache *c)
 		 * reference).  Freed pages are the next ones the allocator hands
 		 * out, which is cheaper than fresh memory, most of all in a VM whose
 		 * free memory goes back to the host. */
-		if (__atomic_load_n(&c->drop_durable, __ATOMIC_RELAXED))
-			posix_fadvise(c->data_fd, (off_t)(idx[i] * c->cs), (off_t)((j - i) * c->cs),
-				      POSIX_FADV_DONTNEED);
+		if (c->fate && __atomic_load_n(&c->drop_durable, __ATOMIC_RELAXED))
+			mark_and_drop(c, idx[i], idx[j - 1], FATE_DURABLE);
 	}
 	if (rc < 0)
 		log_error("%s (those chunks stay unrecorded and will be fetched again)", err_msg());
@@ -318,7 +371,14 @@ int cache_read(struct cache *c, void *buf, size_t len, uint64_t off)
 	return rc < 0 ? err_set(-rc, "read cache data in %s: %s", c->dir, strerror(-rc)) : 0;
 }
 
-void cache_drop_durable(struct cache *c, int on) { __atomic_store_n(&c->drop_durable, on, __ATOMIC_RELAXED); }
+void cache_drop_durable(struct cache *c, int on)
+{
+	/* Set once, before the cache is shared; without memory for the fates
+	 * nothing is dropped (the pages stay, as on a --direct-io mount). */
+	if (on && !c->fate && c->n && !(c->fate = calloc(c->n, 1)))
+		log_warn("cache %s: no memory to track chunk pages; keeping them in the page cache", c->dir);
+	__atomic_store_n(&c->drop_durable, on, __ATOMIC_RELAXED);
+}
 const char *cache_dir(const struct cache *c) { return c->dir; }
 int cache_data_fd(const struct cache *c) { return c->data_fd; }
 
@@ -330,5 +390,6 @@ void cache_close(struct cache *c)
 	close(c->map_fd);
 	free(c->pend_idx);
 	free(c->pend_sum);
+	free(c->fate);
 	free(c);
 }

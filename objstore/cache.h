@@ -41,11 +41,15 @@ int cache_record(struct cache *c, uint64_t idx, uint64_t xxh3_64);
 /* The same for chunks idx..idx+n-1. */
 int cache_record_run(struct cache *c, uint64_t idx, const uint64_t *sums, size_t n);
 int cache_read(struct cache *c, void *buf, size_t len, uint64_t off);
-/* on: once a flush has made chunks durable, drop their pages from the page
- * cache.  For a reader that keeps its own copy of what it reads (FUSE's page
- * cache), so the bytes are not held in memory twice; re-reading them from
- * the data file then goes to disk. */
+/* on: drop a chunk's pages from the page cache once it is durable and has
+ * been served (cache_served), whichever comes second.  For a reader that
+ * keeps its own copy of what it reads (FUSE's page cache), so the bytes are
+ * not held in memory twice; re-reading them from the data file then goes to
+ * disk.  Call before the cache is shared (and before cache_load_map). */
 void cache_drop_durable(struct cache *c, int on);
+/* [off, off+len) has been handed to the reader, which keeps its own copy:
+ * drop what of it is durable, and mark chunks it covers whole as served. */
+void cache_served(struct cache *c, uint64_t off, uint64_t len);
 /* Make every committed chunk durable and recorded now. */
 int cache_flush(struct cache *c);
 const char *cache_dir(const struct cache *c);

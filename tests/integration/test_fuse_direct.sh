@@ -7,7 +7,8 @@
 # (what is read is resident), and --rw ignores the flag.  Either way a byte
 # read is held in memory once: with --direct-io in the cache's data file
 # (resident), by default in FUSE's page cache (the data file's pages are
-# dropped once durable).
+# dropped once durable and read, so a slow reader trailing the fetch reads
+# nothing back from disk).
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/../fuse_lib.sh"
 
@@ -18,6 +19,16 @@ make_mixed "$T/src/disk" $((6 * 1048576 + 4321))
 reads() { file_field "$1" reads; }
 resident() { fincore --bytes --noheadings --output RES "$1"; }
 data_of() { find "$C" -type f -name data -size +19M | head -1; }
+# wait_dropped LABEL: plain.bin read whole, its cache data file leaves memory
+# within 5 s (most of it: a page the daemon reads again may stay)
+wait_dropped() {
+	d=$(data_of); [ -n "$d" ] || fail "$1: no cache data file for plain.bin"
+	i=0
+	until [ "$(resident "$d")" -lt $((4 << 20)) ]; do
+		i=$((i + 1)); [ $i -lt 50 ] || fail "$1: the cache's data file stays resident ($(resident "$d") bytes)"
+		sleep 0.1
+	done
+}
 # read_twice FILE WANT: read its second MiB twice (each one 1 MiB pread, on
 # one descriptor advised POSIX_FADV_RANDOM) and print two numbers: the READs
 # the daemon answered during the second pass, and how many of the range's
@@ -105,14 +116,35 @@ set -- $(read_twice plain.bin "$T/plain.mib1")
 [ "$2" = 256 ] || fail "default mount: $2 of 256 pages read are in the page cache"
 exec 3<&-
 cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs (default mount)"
-d=$(data_of); [ -n "$d" ] || fail "no cache data file for plain.bin"
-# (most of it: a page a reply is splicing from when the flusher drops the
-# rest stays, as does one the daemon reads again)
-i=0
-until [ "$(resident "$d")" -lt $((4 << 20)) ]; do
-	i=$((i + 1)); [ $i -lt 50 ] || fail "default mount: the cache's data file stays resident ($(resident "$d") bytes)"
-	sleep 0.1
-done
+wait_dropped "default mount"
+unmount
+
+# A reader slower than the fetch: the readahead window runs ahead of it and
+# the flusher makes that durable (within ~200 ms) before the reader gets
+# there.  Those pages stay until read, and go once read, so the daemon reads
+# nothing back from disk (its read_bytes counts the storage reads it causes;
+# the store's file is in the page cache).
+rm -rf "$C"
+cat "$S/plain.bin" >/dev/null
+"$THAW" mount "file://$S/" "$M" --cache "$C" || fail "mount (slow reader)"
+pid=$(py "s['pid']")
+io_read() { awk '$1 == "read_bytes:" { print $2 }' "/proc/$pid/io"; }
+rb0=$(io_read)
+python3 - "$M/plain.bin" "$S/plain.bin" <<'PY' || fail "slow reader: plain.bin differs"
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+got = []
+while True:
+    b = os.read(fd, 1 << 20)
+    if not b:
+        break
+    got.append(b)
+    time.sleep(0.25)
+assert b"".join(got) == open(sys.argv[2], "rb").read()
+PY
+rb=$(( $(io_read) - rb0 ))
+[ $rb -lt $((1 << 20)) ] || fail "a slow reader's bytes were read back from disk ($rb bytes): dropped before they were read"
+wait_dropped "slow reader"
 unmount
 
 # --rw keeps the page cache (writes and reads share it) even if asked not to.
