@@ -21,6 +21,7 @@
 #   FUSE_BENCH_TOOLS="thaw thaw-dio thaw-img thaw-img4 s3fs rclone curl"
 #   FUSE_BENCH_TTFB_RUNS=5    fresh mounts timed for the first byte
 #   FUSE_BENCH_ROUNDS=3       rounds of the cold sequential and random reads
+#   FUSE_BENCH_SERVER_COLD=0  1: the server's files leave memory too, before each cold read
 #   BUILD=build               where thaw and the tools are
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,6 +33,7 @@ NRAND=${FUSE_BENCH_RANDOM:-200}
 WHO=${FUSE_BENCH_TOOLS:-"thaw thaw-dio thaw-img thaw-img4 s3fs rclone curl"}
 TTFB_RUNS=${FUSE_BENCH_TTFB_RUNS:-5}
 ROUNDS=${FUSE_BENCH_ROUNDS:-3}
+SERVER_COLD=${FUSE_BENCH_SERVER_COLD:-0}
 T=$(mktemp -d /tmp/thaw-bench-fuse.XXXXXX)
 M=$T/mnt
 export XDG_RUNTIME_DIR=$T/run
@@ -148,10 +150,23 @@ file_of() { echo "$M/big.bin"; } # thaw-img mounts s3://bench/img/ (img4/), wher
 
 # Cold: dirty pages written back (the setup leaves gigabytes of them, which
 # would otherwise be flushed during whichever tool runs first) and the page
-# cache dropped, the server's copy included.
-cold() {
+# cache dropped.  Then the server's copy of what TOOL reads is read back into
+# memory (unless FUSE_BENCH_SERVER_COLD=1): the store stands for S3, whose
+# speed does not hang on a client having read the object lately, and here
+# its disk is also the client's cache disk, so a server reading from it
+# would contend with the client's cache writes as no remote store does.
+# Cold means the client's side: its cache, and the kernel's page cache of
+# the mount (a fresh mount has none).
+cold() { # [settle | TOOL]
 	sync
-	if [ "${1:-}" != settle ] && [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; fi
+	[ "${1:-}" != settle ] || return 0
+	if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; fi
+	[ "$SERVER_COLD" = 1 ] && return 0
+	case ${1:-} in
+	thaw-img) find "$T/s3data/bench/img" -type f -exec cat {} + >/dev/null ;;
+	thaw-img4) find "$T/s3data/bench/img4" -type f -exec cat {} + >/dev/null ;;
+	*) cat "$T/s3data/bench/big.bin._S3rver_object" >/dev/null ;;
+	esac
 }
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc -l; }
@@ -196,7 +211,7 @@ print((time.perf_counter() - t) * 1000)' "$(file_of "$tool")")" || die "$tool: f
 
 	log "$tool: cold sequential read of $MB MiB (round $round of $ROUNDS)"
 	mount_tool "$tool" "$DIRECT"
-	cold
+	cold "$tool"
 	seq=$(read_rate "$(file_of "$tool")")
 	if [ "$round" = 1 ]; then
 		log "$tool: warm re-read (median of 3)"
@@ -207,7 +222,7 @@ print((time.perf_counter() - t) * 1000)' "$(file_of "$tool")")" || die "$tool: f
 	log "$tool: $NRAND random 4 KiB reads (round $round of $ROUNDS)"
 	mount_tool "$tool" "$PROXY"
 	stat "$(file_of "$tool")" >/dev/null
-	cold
+	cold "$tool"
 	proxy_clear
 	FUSE_LAT_FILE="$T/res/$tool.lat$round" \
 		python3 "$ROOT/bench/fuse_random.py" "$(file_of "$tool")" "$T/big.bin" $(cat "$T/offsets") >"$T/rand.out" ||
@@ -234,14 +249,14 @@ measure_curl() { # ROUND
 	fi
 	log "curl: 16 parallel ranged GETs of the whole object (round $round of $ROUNDS)"
 	part=$(( (MB << 20) / 16 ))
-	cold
+	cold curl
 	t0=$(now)
 	k=0; while [ $k -lt 16 ]; do echo "$((k * part))-$(( (k + 1) * part - 1))"; k=$((k + 1)); done |
 		xargs -P 16 -I R curl -sf -o /dev/null -r R "$DIRECT/bench/big.bin"
 	t1=$(now)
 	seq=$(echo "$MB / ($t1 - $t0)" | bc -l)
 	log "curl: $NRAND ranged 4 KiB GETs on one connection (round $round of $ROUNDS)"
-	cold
+	cold curl
 	proxy_clear
 	FUSE_LAT_FILE="$T/res/curl.lat$round" \
 		python3 "$ROOT/bench/fuse_random.py" --http "$PROXY/bench/big.bin" "$T/big.bin" $(cat "$T/offsets") >"$T/rand.out" ||
