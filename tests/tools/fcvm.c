@@ -1668,7 +1668,10 @@ int main(int argc, char **argv)
 		       opt.order == ORDER_RANDOM ? "random" : "seq", nworkers, opt.stride, nitems, secs,
 		       secs > 0 ? (double)(st.n * unit) / secs / 1e6 : 0.0);
 		if (t_first_touch != UINT64_MAX)
-			printf(",\"connect_to_first_touch_us\":%.1f", us(t_first_touch - t_connect));
+			/* launch_ is from process start, as for --kvm (preload included). */
+			printf(",\"connect_to_first_touch_us\":%.1f,\"launch_to_first_touch_us\":%.1f",
+			       us(t_first_touch - t_connect), us(t_first_touch - t_begin));
+		printf(",\"launch_to_end_s\":%.6f", (double)(t_touch1 - t_begin) / 1e9);
 		print_lat_json(&st);
 		/* the check reads every page, the touch maybe not (--stride) */
 		uint64_t npoison = opt.check && m.poisoned > nbus ? m.poisoned : nbus;
