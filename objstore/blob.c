@@ -1049,6 +1049,14 @@ int blob_open(struct store *s, const char *key, const struct blob_opts *opts, st
 		if (b->mem == MAP_FAILED) {
 			b->mem = NULL;
 			rc = err_set(ENOMEM, "cannot map %zu bytes for %s", b->mem_len, key);
+		} else {
+			/* Huge pages: a chunk lands in fresh memory, and first-touching
+			 * it 4 KiB at a time cost ~3 ms per MiB on this VM (a host fault
+			 * per page); with 2 MiB pages a uffd fault served from a local
+			 * store took 0.4 ms at p50 instead of 5.2.  Sparse use may hold
+			 * up to one huge page per chunk touched; the uffd server pushes
+			 * the whole image in anyway. */
+			madvise(b->mem, b->mem_len, MADV_HUGEPAGE);
 		}
 	}
 	/* A plain object's first bytes came with the probe: they are its first
