@@ -12,7 +12,7 @@ check_demo() { # LABEL [demo options]
 		"fault latency p99" "Tdown = Tmig = Vm/R" "working-set chunks prefetched"; do
 		grep -q "$row" "$T/demo.out" || fail "demo $label output lacks '$row': $(cat "$T/demo.out")"
 	done
-	! grep -qi "nan\|inf" "$T/demo.out" || fail "demo $label printed a non-number: $(cat "$T/demo.out")"
+	! grep -qiE '(^| )-?(nan|inf)( |$)' "$T/demo.out" || fail "demo $label printed a non-number: $(cat "$T/demo.out")"
 	# The lazy start must beat stop-and-copy's (it skips the whole download);
 	# every time in the table is a positive number.
 	python3 - "$T/demo.out" <<'PY' || fail "demo $label: $(cat "$T/demo.out")"
