@@ -71,6 +71,26 @@ done
 kill -0 $FC 2>/dev/null || fail "fcvm ended before we could look at the server's descriptors"
 n=$(ls -l /proc/$SRV_PID/fd 2>/dev/null | grep -c userfaultfd || true)
 [ "$n" = 0 ] || fail "server still holds $n userfaultfd descriptors after the transfer completed"
+# The image's memory is advised for huge pages (filling fresh memory 4 KiB at a
+# time cost a host fault per page on this VM): a mapping the image's size is
+# THP-eligible.  With THP set to "always" every mapping is; with "never", none.
+case $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null) in
+*"[madvise]"*)
+	python3 - "/proc/$SRV_PID/smaps" $((48 << 20)) <<'PY' || fail "the server's image memory is not advised for huge pages"
+import sys
+want, size, ok = int(sys.argv[2]), 0, False
+for line in open(sys.argv[1]):
+    f = line.split()
+    if f and "-" in f[0] and not f[0].endswith(":"):
+        lo, hi = (int(x, 16) for x in f[0].split("-"))
+        size = hi - lo
+    elif f[:2] == ["THPeligible:", "1"] and size >= want:
+        ok = True
+sys.exit(0 if ok else 1)
+PY
+	;;
+*) note "transparent huge pages not in madvise mode here; skipped the huge-page check" ;;
+esac
 wait $FC || fail "fcvm --hold failed: $(tail -3 "$T/fcvm.err")"
 uffd_wait $SRV_PID 30 || fail "released: server exit status $?"
 grep -q "transfer complete .* MiB in place (.* MiB/s" "$T/released.log" || fail "no transfer report in the log"
