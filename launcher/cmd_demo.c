@@ -284,7 +284,8 @@ int cmd_demo(int argc, char **argv)
 		goto out;
 	}
 	char *sj = slurp(sc_out);
-	double sc_first_ms = pull_s * 1e3 + jnum(sj, NULL, kvm ? "launch_to_first_insn_us" : "launch_to_first_touch_us") / 1e3;
+	const char *first_key = kvm ? "launch_to_first_insn_us" : "launch_to_first_touch_us";
+	double sc_first_ms = pull_s * 1e3 + jnum(sj, NULL, first_key) / 1e3;
 	double sc_end_s = pull_s + jnum(sj, NULL, "launch_to_end_s");
 	free(sj);
 
@@ -297,8 +298,9 @@ int cmd_demo(int argc, char **argv)
 	char rate[32];
 	fmt_bytes(R, rate, sizeof rate);
 	printf("%-34s %16s %16s %16s\n", "", "lazy (thaw)", "stop-and-copy", "lazy+prefetch");
-	printf("%-34s %13.1f ms %13.1f ms %13.1f ms\n", kvm ? "launch -> first guest instruction" : "launch -> first page touched", lazy.first_insn_ms,
-	       sc_first_ms, pre.first_insn_ms);
+	printf("%-34s %13.1f ms %13.1f ms %13.1f ms\n",
+	       kvm ? "launch -> first guest instruction" : "launch -> first page touched", lazy.first_insn_ms, sc_first_ms,
+	       pre.first_insn_ms);
 	printf("%-34s %14.2f s %14.2f s %14.2f s\n", "launch -> workload done", lazy.guest_s, sc_end_s, pre.guest_s);
 	printf("%-34s %14.2f s %14.2f s %14.2f s\n", "whole image local", lazy.complete_ms / 1e3, pull_s,
 	       pre.complete_ms / 1e3);

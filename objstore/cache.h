@@ -48,7 +48,8 @@ int cache_read(struct cache *c, void *buf, size_t len, uint64_t off);
  * disk.  Call before the cache is shared (and before cache_load_map). */
 void cache_drop_durable(struct cache *c, int on);
 /* [off, off+len) has been handed to the reader, which keeps its own copy:
- * drop what of it is durable, and mark chunks it covers whole as served. */
+ * mark the chunks it covers whole as served, and drop the aligned groups of
+ * chunks that are now durable and served throughout. */
 void cache_served(struct cache *c, uint64_t off, uint64_t len);
 /* Make every committed chunk durable and recorded now. */
 int cache_flush(struct cache *c);
