@@ -28,7 +28,7 @@ struct fusefs_opts {
 	int store_jobs;           /* transfers in flight in the store (default 32) */
 	int hydrate_jobs;         /* background fetches in flight per file (default 8) */
 	uint64_t hydrate_rate;    /* background bytes/s cap, 0 = none */
-	uint64_t readahead_max;   /* readahead window cap (default 64 MiB) */
+	uint64_t readahead_max;   /* readahead window cap (default 256 MiB) */
 	uint64_t readahead_min;   /* first readahead window (default 1 MiB) */
 	uint64_t chunk_size;      /* chunk size for plain objects (default 1 MiB) */
 	uint64_t store_timeout_ms;/* give up on one store request after this (0 = store default) */

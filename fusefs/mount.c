@@ -40,7 +40,11 @@ void fusefs_opts_default(struct fusefs_opts *o)
 	o->store_jobs = 32;
 	o->hydrate_jobs = 8;
 	o->readahead_min = 1u << 20;
-	o->readahead_max = 64u << 20;
+	/* With 64 MiB GETs (below), a 256 MiB window keeps four in flight.
+	 * Fewer, larger GETs cost the server less per byte: against 16 MiB GETs
+	 * in a 64 MiB window, 434-490 MB/s against 356-423 in five alternations
+	 * (s3rver's CPU 2.0-2.3 s per GiB against 2.3-3.0). */
+	o->readahead_max = 256u << 20;
 	o->chunk_size = 0; /* the blob's default */
 	o->kernel_readahead_kb = 1024;
 	o->list_ttl_s = 30;
@@ -417,6 +421,9 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		fs->bo.drop_durable = !(fs->o.direct_io && !fs->o.rw);
 		/* A file's reads are as small as a page: fetch an image's sub-blocks. */
 		fs->bo.image_sub_blocks = 1;
+		/* A GET is streamed and each chunk published as it lands, so a
+		 * large one delays nobody; fewer requests cost the server less. */
+		fs->bo.coalesce_bytes = 64u << 20;
 		preopen_start(fs, &po);
 		rc = ctl_server_start(fs->sock_path, ctl_handle, fs, &fs->ctl);
 	}

@@ -58,7 +58,7 @@ static void mount_usage(FILE *f)
 		"  --allow-other      let other users see the mount (needs user_allow_other)\n"
 		"  --jobs N           fetches in flight per file (default 16)\n"
 		"  --store-jobs N     transfers in flight in the store (default 32)\n"
-		"  --readahead MAX    readahead window cap (default 64M)\n"
+		"  --readahead MAX    readahead window cap (default 256M)\n"
 		"  --chunk-size N     least fetch for plain objects (default 64K, doubled above 64 GiB\n"
 		"                     so an object has at most 2^20; 16K suits random readers)\n"
 		"  --store-timeout MS give up on one store request after MS (default 60000)\n"
