@@ -30,7 +30,7 @@ struct fusefs_opts {
 	uint64_t hydrate_rate;    /* background bytes/s cap, 0 = none */
 	uint64_t readahead_max;   /* readahead window cap (default 256 MiB) */
 	uint64_t readahead_min;   /* first readahead window (default 1 MiB) */
-	uint64_t chunk_size;      /* chunk size for plain objects (default 1 MiB) */
+	uint64_t chunk_size;      /* chunk size for plain objects (0: the blob's, 64 KiB or more by size) */
 	uint64_t store_timeout_ms;/* give up on one store request after this (0 = store default) */
 	unsigned kernel_readahead_kb; /* the kernel's readahead for this mount (root only; 0 = leave it) */
 	int direct_io;            /* read files not wholly cached past FUSE's page cache */
