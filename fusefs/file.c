@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/uio.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -263,7 +262,6 @@ static int read_mixed(struct tfile *f, uint8_t *buf, size_t len, uint64_t off)
  * to end, once: if one is really held (an mmap, a long reader), later opens
  * do not wait again until it ends. */
 #define RELEASE_WAIT_MS 10
-#define PIN_IOV 64 /* chunks one reply from staged memory spans at most */
 
 /* A file read through FUSE's page cache in this mount stays there: the
  * kernel holds its bytes, and the cache's data file no longer does in
@@ -390,24 +388,6 @@ void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size
 	}
 
 	int rc = 0;
-	if (!mixed && blob_staging(b)) {
-		rc = blob_wait_requested(b, last);
-		for (uint64_t i = first; rc == 0 && i < last; i++)
-			rc = blob_wait_requested(b, i);
-		/* Fresh bytes are still in memory: reply from there (one copy, into
-		 * the kernel's page cache), not from the data file. */
-		struct iovec iov[PIN_IOV];
-		int n = rc == 0 ? blob_pin(b, off, size, iov, PIN_IOV) : 0;
-		if (n > 0) {
-			int r = fuse_reply_iov(req, iov, n);
-			blob_unpin(b, off, size);
-			if (r == 0)
-				blob_served(b, off, size);
-			return;
-		}
-		if (n < 0) /* split between memory and a write in progress: copy it */
-			goto copy;
-	}
 	if (!mixed && f->data_fd >= 0 && size <= fs->splice_max && __atomic_load_n(&f->fd_checked, __ATOMIC_ACQUIRE) >= 0) {
 		/* The last chunk first: a GET publishes its chunks in order, so
 		 * the others are then mostly there, and this thread is woken once
@@ -432,7 +412,6 @@ void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size
 			return;
 		}
 	}
-copy:;
 	uint8_t *buf = rc == 0 ? thread_buf(size) : NULL;
 	if (rc == 0 && !buf)
 		rc = err_set(ENOMEM, "out of memory for a %zu-byte read", size);

@@ -424,10 +424,6 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		/* A GET is streamed and each chunk published as it lands, so a
 		 * large one delays nobody; fewer requests cost the server less. */
 		fs->bo.coalesce_bytes = 64u << 20;
-		/* The window ahead of a reader plus one GET waits in memory for its
-		 * reader and its O_DIRECT write (see stage.h). */
-		if (fs->bo.drop_durable)
-			fs->bo.stage_bytes = (size_t)(fs->o.readahead_max + fs->bo.coalesce_bytes);
 		preopen_start(fs, &po);
 		rc = ctl_server_start(fs->sock_path, ctl_handle, fs, &fs->ctl);
 	}

@@ -844,10 +844,7 @@ int blob_complete(const struct blob *b)
 
 int blob_complete_checked(const struct blob *b)
 {
-	/* Complete means in the data file too (a passthrough open reads it),
-	 * so wait a little for staged chunks still being written. */
-	return __atomic_load_n(&b->unchecked, __ATOMIC_ACQUIRE) == 0 && blob_complete(b) &&
-	       (!b->cache || cache_settled(b->cache, 5000));
+	return __atomic_load_n(&b->unchecked, __ATOMIC_ACQUIRE) == 0 && blob_complete(b);
 }
 
 void blob_trust_cached(struct blob *b)
@@ -896,22 +893,6 @@ void blob_served(struct blob *b, uint64_t off, uint64_t len)
 {
 	if (b->cache)
 		cache_served(b->cache, off, len);
-}
-
-int blob_staging(const struct blob *b)
-{
-	return b->cache && cache_staging(b->cache);
-}
-
-int blob_pin(struct blob *b, uint64_t off, size_t len, struct iovec *iov, int max)
-{
-	return b->cache ? cache_pin(b->cache, off, len, iov, max) : 0;
-}
-
-void blob_unpin(struct blob *b, uint64_t off, size_t len)
-{
-	if (b->cache)
-		cache_unpin(b->cache, off, len);
 }
 
 void blob_set_listener(struct blob *b, blob_listener fn, void *arg)
@@ -1051,8 +1032,6 @@ int blob_open(struct store *s, const char *key, const struct blob_opts *opts, st
 		rc = cache_open(b->o.cache_dir, s, key, b->etag, b->size, b->cs, b->o.writable, &b->cache);
 		if (rc == 0)
 			cache_drop_durable(b->cache, b->o.drop_durable);
-		if (rc == 0 && b->o.drop_durable && b->o.stage_bytes)
-			rc = cache_stage(b->cache, b->o.stage_bytes);
 		if (rc == 0 && !(b->csum = calloc(b->n ? b->n : 1, 8)))
 			rc = err_set(ENOMEM, "out of memory for a cache map of %llu chunks", (unsigned long long)b->n);
 		if (rc == 0)

@@ -45,9 +45,6 @@ struct blob_opts {
 	                             chunk (0: whole chunks, as installing memory wants) */
 	int drop_durable;         /* persistent cache: cache_drop_durable (the reader keeps its
 	                             own copy in memory) */
-	size_t stage_bytes;       /* persistent cache with drop_durable: fetched chunks wait in
-	                             this much memory at most, served from there, while they
-	                             are written with O_DIRECT (cache_stage); 0 = off */
 	uint64_t coalesce_bytes;  /* plain objects: adjacent queued chunks go in one ranged
 	                             GET of up to this many bytes (default 16 MiB; the
 	                             chunk size = off) */
@@ -141,12 +138,6 @@ int blob_cache_fd(const struct blob *b);
 /* The reader has its own copy of [off, off+len) now (a FUSE reply into the
  * kernel's page cache): see cache_served.  No-op without drop_durable. */
 void blob_served(struct blob *b, uint64_t off, uint64_t len);
-/* A reply of present bytes [off, off+len) straight from staged memory: see
- * cache_pin (0 without a staging cache). */
-struct iovec;
-int blob_staging(const struct blob *b);
-int blob_pin(struct blob *b, uint64_t off, size_t len, struct iovec *iov, int max);
-void blob_unpin(struct blob *b, uint64_t off, size_t len);
 void blob_get_stats(struct blob *b, struct blob_stats *st);
 
 #endif

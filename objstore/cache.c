@@ -6,15 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/uio.h>
 #include <unistd.h>
 #include <xxhash.h>
 
 #include "../common/log.h"
-#include "../common/thread.h"
 #include "../common/timeutil.h"
 #include "cache.h"
-#include "stage.h"
 #include "../common/fsutil.h"
 
 #define MAP_MAGIC "THAWCMAP"
@@ -32,10 +29,7 @@ struct cache {
 	int flushing;        /* the flusher is working on it (flush_mu) */
 	int drop_durable;    /* drop chunks' pages once durable and served (cache_drop_durable) */
 	uint8_t *fate;       /* per chunk: FATE_DURABLE | FATE_SERVED (atomic), when drop_durable */
-	struct stage *st;    /* write-behind staging (cache_stage), or NULL */
 };
-
-#define PIN_MAX 64 /* chunks one cache_pin covers at most */
 
 /* A chunk's pages leave the page cache once both have happened: it is
  * durable (the flusher), and its reader has taken its own copy
@@ -100,11 +94,17 @@ static int flusher_add(struct cache *c)
 {
 	pthread_mutex_lock(&flush_mu);
 	if (!flusher_started) {
-		int rc = thread_start_detached(flusher_main, "thaw-flush");
-		if (rc < 0) {
+		pthread_t th;
+		pthread_attr_t at;
+		pthread_attr_init(&at);
+		pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+		int e = pthread_create(&th, &at, flusher_main, NULL);
+		pthread_attr_destroy(&at);
+		if (e) {
 			pthread_mutex_unlock(&flush_mu);
-			return rc;
+			return err_set(e, "cannot start the cache flusher: %s", strerror(e));
 		}
+		pthread_setname_np(th, "thaw-flush");
 		flusher_started = 1;
 	}
 	c->next = flush_list;
@@ -235,34 +235,10 @@ int cache_check(struct cache *c, uint64_t idx, uint64_t sum)
 	return rc;
 }
 
-static int full_msg(struct cache *c, uint64_t off, int e)
-{
-	return err_set(e, "cache write of chunk %llu in %s: %s%s", (unsigned long long)(off / c->cs), c->dir,
-		       strerror(e), e == ENOSPC ? " (cache disk full)" : "");
-}
-
 int cache_write(struct cache *c, const void *buf, size_t len, uint64_t off)
 {
 	size_t done = 0;
 	while (done < len) {
-		if (c->st) {
-			uint64_t at = off + done, k = at / c->cs, in = at % c->cs;
-			size_t take = len - done < c->cs - in ? len - done : (size_t)(c->cs - in);
-			int r = stage_write(c->st, k, in, (const char *)buf + done, take);
-			if (r < 0)
-				return r == -EALREADY ? r : full_msg(c, at, -r);
-			if (r == 1) {
-				done += take;
-				continue;
-			}
-			ssize_t n = pwrite(c->data_fd, (const char *)buf + done, take, (off_t)at);
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n < 0)
-				return full_msg(c, at, errno);
-			done += (size_t)n;
-			continue;
-		}
 		ssize_t n = pwrite(c->data_fd, (const char *)buf + done, len - done, (off_t)(off + done));
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -275,8 +251,7 @@ int cache_write(struct cache *c, const void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-/* Chunks idx..idx+n-1 are in the data file: durable and recorded at the next flush. */
-static int pend_add(struct cache *c, uint64_t idx, const uint64_t *sums, size_t n)
+int cache_record_run(struct cache *c, uint64_t idx, const uint64_t *sums, size_t n)
 {
 	pthread_mutex_lock(&c->mu);
 	if (c->npend + n > c->cap) {
@@ -301,74 +276,6 @@ static int pend_add(struct cache *c, uint64_t idx, const uint64_t *sums, size_t 
 	}
 	pthread_mutex_unlock(&c->mu);
 	return 0;
-}
-
-int cache_record_run(struct cache *c, uint64_t idx, const uint64_t *sums, size_t n)
-{
-	if (!c->st)
-		return pend_add(c, idx, sums, n);
-	/* Staged chunks are recorded once the writer has put them on disk. */
-	for (size_t i = 0; i < n; i++)
-		if (!stage_commit(c->st, idx + i, sums[i])) {
-			int rc = pend_add(c, idx + i, sums + i, 1);
-			if (rc < 0)
-				return rc;
-		}
-	return 0;
-}
-
-static void staged_done(void *arg, uint64_t idx, uint64_t sum, int err)
-{
-	struct cache *c = arg;
-	if (err == 0 && pend_add(c, idx, &sum, 1) < 0)
-		log_error("cache %s: %s (chunk %llu stays unrecorded)", c->dir, err_msg(), (unsigned long long)idx);
-}
-
-int cache_stage(struct cache *c, size_t cap)
-{
-	char p[4200];
-	snprintf(p, sizeof p, "%s/data", c->dir);
-	int rc = stage_open(p, c->cs, c->size, cap, staged_done, c, &c->st);
-	if (rc == -EINVAL)
-		log_debug("cache %s: no write-behind staging (chunk size or O_DIRECT)", c->dir);
-	return rc == -EINVAL ? 0 : rc;
-}
-
-int cache_staging(const struct cache *c) { return c->st != NULL; }
-
-int cache_pin(struct cache *c, uint64_t off, size_t len, struct iovec *iov, int max)
-{
-	if (!c->st || !len || off >= c->size)
-		return 0;
-	if (len > c->size - off)
-		len = (size_t)(c->size - off);
-	uint64_t first = off / c->cs, last = (off + len - 1) / c->cs;
-	const uint8_t *ptr[PIN_MAX];
-	if (last - first >= PIN_MAX || (int)(last - first) >= max)
-		return -EAGAIN;
-	int unwritten, pinned = stage_pin(c->st, first, last, ptr, &unwritten);
-	if (pinned == (int)(last - first + 1)) {
-		for (uint64_t k = first; k <= last; k++) {
-			uint64_t from = k == first ? off - k * c->cs : 0;
-			uint64_t to = k == last ? off + len - k * c->cs : c->cs;
-			iov[k - first] = (struct iovec){ (void *)(ptr[k - first] + from), (size_t)(to - from) };
-		}
-		return pinned;
-	}
-	stage_unpin(c->st, first, last, ptr);
-	return unwritten ? -EAGAIN : 0;
-}
-
-void cache_unpin(struct cache *c, uint64_t off, size_t len)
-{
-	if (len > c->size - off)
-		len = (size_t)(c->size - off);
-	stage_unpin(c->st, off / c->cs, (off + len - 1) / c->cs, NULL);
-}
-
-int cache_settled(struct cache *c, int timeout_ms)
-{
-	return !c->st || stage_drain(c->st, timeout_ms) == 0;
 }
 
 int cache_record(struct cache *c, uint64_t idx, uint64_t sum)
@@ -410,15 +317,13 @@ static void mark_and_drop(struct cache *c, uint64_t first, uint64_t last, uint8_
 
 void cache_served(struct cache *c, uint64_t off, uint64_t len)
 {
-	if (off >= c->size || !len || !(c->st || (c->fate && __atomic_load_n(&c->drop_durable, __ATOMIC_RELAXED))))
+	if (!c->fate || !__atomic_load_n(&c->drop_durable, __ATOMIC_RELAXED) || off >= c->size || !len)
 		return;
 	uint64_t end = len > c->size - off ? c->size : off + len;
 	/* Only chunks read whole are served: the rest of one read in part is
 	 * still to come (the last chunk ends at the object's end). */
 	uint64_t first = (off + c->cs - 1) / c->cs, last = end == c->size ? c->n : end / c->cs;
-	if (first < last && c->st)
-		stage_served(c->st, first, last - 1);
-	if (first < last && c->fate && __atomic_load_n(&c->drop_durable, __ATOMIC_RELAXED))
+	if (first < last)
 		mark_and_drop(c, first, last - 1, FATE_SERVED);
 }
 
@@ -462,25 +367,7 @@ int cache_flush(struct cache *c)
 
 int cache_read(struct cache *c, void *buf, size_t len, uint64_t off)
 {
-	/* Staged chunks from memory (their bytes may not be on disk yet), the rest from the file. */
-	while (c->st && len) {
-		uint64_t k = off / c->cs, in = off % c->cs;
-		size_t take = len < c->cs - in ? len : (size_t)(c->cs - in);
-		const uint8_t *p;
-		int unwritten;
-		if (stage_pin(c->st, k, k, &p, &unwritten)) {
-			memcpy(buf, p + in, take);
-			stage_unpin(c->st, k, k, &p);
-		} else {
-			int rc = fsu_pread_full(c->data_fd, buf, take, off);
-			if (rc < 0)
-				return err_set(-rc, "read cache data in %s: %s", c->dir, strerror(-rc));
-		}
-		buf = (uint8_t *)buf + take;
-		off += take;
-		len -= take;
-	}
-	int rc = len ? fsu_pread_full(c->data_fd, buf, len, off) : 0;
+	int rc = fsu_pread_full(c->data_fd, buf, len, off);
 	return rc < 0 ? err_set(-rc, "read cache data in %s: %s", c->dir, strerror(-rc)) : 0;
 }
 
@@ -497,7 +384,6 @@ int cache_data_fd(const struct cache *c) { return c->data_fd; }
 
 void cache_close(struct cache *c)
 {
-	stage_close(c->st); /* its last chunks join the final flush */
 	flusher_remove(c);
 	cache_flush(c);
 	close(c->data_fd);

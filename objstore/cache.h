@@ -51,21 +51,6 @@ void cache_drop_durable(struct cache *c, int on);
  * mark the chunks it covers whole as served, and drop the aligned groups of
  * chunks that are now durable and served throughout. */
 void cache_served(struct cache *c, uint64_t off, uint64_t len);
-/* Stage chunks in memory (cap bytes at most) and write them to the data file
- * with O_DIRECT behind the reader (see stage.h): for a reader that keeps its
- * own copy.  Call before the cache is shared.  0 also when this file system
- * or chunk size does not allow it (nothing is staged then). */
-int cache_stage(struct cache *c, size_t cap);
-/* For a reply of [off, off+len): > 0, the number of iovecs filled (at most
- * max) when every chunk it covers is staged, pinned until cache_unpin; 0 when
- * the data file holds all of it (nothing pinned); -EAGAIN when part is staged
- * and not yet on disk (nothing pinned; cache_read gets it right). */
-struct iovec;
-int cache_staging(const struct cache *c);
-int cache_pin(struct cache *c, uint64_t off, size_t len, struct iovec *iov, int max);
-void cache_unpin(struct cache *c, uint64_t off, size_t len);
-/* 1 once every committed chunk is in the data file (waits up to timeout_ms). */
-int cache_settled(struct cache *c, int timeout_ms);
 /* Make every committed chunk durable and recorded now. */
 int cache_flush(struct cache *c);
 const char *cache_dir(const struct cache *c);
