@@ -407,7 +407,13 @@ void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size
 			bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 			bv.buf[0].fd = f->data_fd;
 			bv.buf[0].pos = (off_t)off;
-			if (fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE) == 0)
+			/* No SPLICE_F_MOVE: FUSE would try to steal each page of
+			 * the data file, which holds large folios that it then
+			 * refuses, after locking them, waiting out their writeback
+			 * and taking them out of the data file's page cache; it
+			 * copies anyway.  Without the attempt a cold 1 GiB read ran
+			 * 433-460 MB/s against 389-463, 7 of 8 pairs faster. */
+			if (fuse_reply_data(req, &bv, 0) == 0)
 				blob_served(b, off, size);
 			return;
 		}

@@ -77,7 +77,7 @@ static void tl_init(void *userdata, struct fuse_conn_info *conn)
 	conn->congestion_threshold = 48;
 	conn->time_gran = 1000000000;
 	if (fs->splice && (conn->capable & FUSE_CAP_SPLICE_WRITE))
-		conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
+		conn->want |= FUSE_CAP_SPLICE_WRITE; /* not _MOVE: see file_read */
 	else
 		fs->splice = 0;
 	/* Attributes never change under us; don't let a getattr drop pages. */
