@@ -412,7 +412,7 @@ void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size
 			 * refuses, after locking them, waiting out their writeback
 			 * and taking them out of the data file's page cache; it
 			 * copies anyway.  Without the attempt a cold 1 GiB read ran
-			 * 433-460 MB/s against 389-463, 7 of 8 pairs faster. */
+			 * 400-460 MB/s against 389-463, 7 of 8 pairs faster. */
 			if (fuse_reply_data(req, &bv, 0) == 0)
 				blob_served(b, off, size);
 			return;
