@@ -10,11 +10,12 @@
 # NRAND random 4 KiB reads on a fresh mount (total, p50/p99 latency, and the
 # bytes the store sent, counted by tests/tools/faultproxy in front of s3rver,
 # so every tool is measured the same way).  The cold reads run in ROUNDS
-# rounds, every tool once per round, and the table shows their medians.  thaw is measured twice: on the
-# plain object (what s3fs and rclone read) and on the same bytes pushed as a
-# thaw image (1 MiB chunks, and again 4 MiB chunks, read in 64 KiB sub-blocks
-# verified with XXH3 on arrival), and once more on the
-# plain object with --direct-io (no FUSE page cache for files not wholly cached).
+# rounds, every tool once per round, and the table shows their medians.
+# thaw is measured twice: on the plain object (what s3fs and rclone read)
+# and on the same bytes pushed as a thaw image (1 MiB chunks, and again 4 MiB
+# chunks, read in 64 KiB sub-blocks verified with XXH3 on arrival), and once
+# more on the plain object with --direct-io (no FUSE page cache for files not
+# wholly cached).
 #
 #   FUSE_BENCH_MB=1024        object size
 #   FUSE_BENCH_RANDOM=200     random reads

@@ -3,8 +3,8 @@
 usage: fuse_report.py RESDIR LOCAL_MBPS SIZE_MB NRAND TOOL...
 Each RESDIR/TOOL holds: ttfb_ms seq_MBps warm_MBps rand_total_s p50_ms p99_ms rand_MB
 ("-" where a number does not apply), medians over the rounds; RESDIR/TOOL.rounds
-holds each round's seq_MBps rand_total_s p50_ms p99_ms rand_MB.  Ratios are thaw's (the plain object)
-against each other tool: > 1 means thaw is better.
+holds each round's seq_MBps rand_total_s p50_ms p99_ms rand_MB.  Ratios are
+thaw's (the plain object) against each other tool: > 1 means thaw is better.
 """
 import os
 import sys

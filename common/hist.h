@@ -29,10 +29,10 @@ void hist_snapshot(const struct hist *h, struct hist *out);
 /* The q-quantile (0..1): interpolated by rank inside its bucket, within
  * [min, max] (so off by at most the bucket's width, 12.5%). */
 uint64_t hist_quantile_ns(const struct hist *h, double q);
-/* JSON object: count, mean/min/max/p50/p90/p99 in microseconds, and the
- * non-empty buckets as {"<lower bound in us>": count, ...}. */
 /* Bucket i's range of nanoseconds: [lo, hi). */
 void hist_bucket_range(unsigned i, uint64_t *lo, uint64_t *hi);
+/* JSON object: count, mean/min/max/p50/p90/p99 in microseconds, and the
+ * non-empty buckets as {"<lower bound in us>": count, ...}. */
 void hist_json(const struct hist *h, FILE *f);
 
 #endif

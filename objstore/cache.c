@@ -27,8 +27,8 @@ struct cache {
 	size_t npend, cap;
 	struct cache *next;  /* on the flusher's list */
 	int flushing;        /* the flusher is working on it (flush_mu) */
-	int drop_durable;    /* drop chunks' pages once durable and served (cache_drop_durable) */
-	uint8_t *fate;       /* per chunk: FATE_DURABLE | FATE_SERVED (atomic), when drop_durable */
+	uint8_t *fate;       /* per chunk: FATE_DURABLE | FATE_SERVED (atomic); NULL unless
+	                        pages are dropped once durable and served (cache_drop_durable) */
 };
 
 /* A chunk's pages leave the page cache once both have happened: it is
@@ -317,7 +317,7 @@ static void mark_and_drop(struct cache *c, uint64_t first, uint64_t last, uint8_
 
 void cache_served(struct cache *c, uint64_t off, uint64_t len)
 {
-	if (!c->fate || !__atomic_load_n(&c->drop_durable, __ATOMIC_RELAXED) || off >= c->size || !len)
+	if (!c->fate || off >= c->size || !len)
 		return;
 	uint64_t end = len > c->size - off ? c->size : off + len;
 	/* Only chunks read whole are served: the rest of one read in part is
@@ -355,7 +355,7 @@ int cache_flush(struct cache *c)
 		 * reference).  Freed pages are the next ones the allocator hands
 		 * out, which is cheaper than fresh memory, most of all in a VM whose
 		 * free memory goes back to the host. */
-		if (c->fate && __atomic_load_n(&c->drop_durable, __ATOMIC_RELAXED))
+		if (c->fate)
 			mark_and_drop(c, idx[i], idx[j - 1], FATE_DURABLE);
 	}
 	if (rc < 0)
@@ -375,9 +375,12 @@ void cache_drop_durable(struct cache *c, int on)
 {
 	/* Set once, before the cache is shared; without memory for the fates
 	 * nothing is dropped (the pages stay, as on a --direct-io mount). */
-	if (on && !c->fate && c->n && !(c->fate = calloc(c->n, 1)))
+	if (!on) {
+		free(c->fate);
+		c->fate = NULL;
+	} else if (!c->fate && c->n && !(c->fate = calloc(c->n, 1))) {
 		log_warn("cache %s: no memory to track chunk pages; keeping them in the page cache", c->dir);
-	__atomic_store_n(&c->drop_durable, on, __ATOMIC_RELAXED);
+	}
 }
 const char *cache_dir(const struct cache *c) { return c->dir; }
 int cache_data_fd(const struct cache *c) { return c->data_fd; }
