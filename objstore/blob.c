@@ -23,6 +23,18 @@
 
 #define WAIT_SHARDS 16
 
+/* Chunks published together by one call of the store's sink at most. */
+#define SINK_BATCH 64
+
+/* A GET streamed into a cache is written in pieces of up to this much.
+ * libcurl hands its write callback at most 16 KiB at a time (it chops each
+ * recv into CURL_MAX_WRITE_SIZE pieces), and a pwrite per piece cost ~7 of
+ * them per recv: syscall entry, ext4's write_begin/end and the inode lock,
+ * each time.  Gathering them costs one copy into a buffer that stays hot. */
+#define SINK_WBUF (256u << 10)
+/* Chunks a gathered write completes are published once this much waits. */
+#define SINK_FLUSH (128u << 10)
+
 /* C_CACHED: recorded in a persistent cache at open, not yet checked against
  * its map entry; C_CHECKING: a reader is checking it (outside the lock). */
 enum cstate { C_ABSENT = 0, C_QUEUED, C_INFLIGHT, C_PRESENT, C_FAILED, C_CACHED, C_CHECKING };
@@ -47,6 +59,13 @@ struct fetch {
 	uint64_t published;  /* streamed: chunks idx..idx+published-1 are present */
 	XXH3_state_t *hs;    /* streamed into a cache or checked as it comes (sub-blocks):
 	                        the XXH3-64 of the chunk being written */
+	/* Streamed into a cache: body bytes not yet written (from blob offset
+	 * wat), and the chunks they complete, not yet published. */
+	uint8_t *wbuf;
+	size_t wcap, wlen;
+	uint64_t wat;
+	uint64_t done_first, ndone;
+	uint64_t sums[SINK_BATCH];
 };
 
 struct blob {
@@ -246,6 +265,15 @@ static int start_fetch(struct blob *b, uint64_t idx, uint64_t count, int prio)
 		free(f);
 		return -ENOMEM;
 	}
+	if (streamed && b->cache) {
+		f->wcap = len < SINK_WBUF ? (size_t)len : SINK_WBUF;
+		f->wbuf = malloc(f->wcap);
+		if (!f->wbuf) {
+			XXH3_freeState(f->hs);
+			free(f);
+			return -ENOMEM;
+		}
+	}
 	if (streamed) {
 		f->buf = NULL;
 	} else if (b->mem) {
@@ -324,6 +352,7 @@ static void fetch_refused(struct blob *b, struct fetch *f)
 	if (!b->mem)
 		free(f->buf);
 	XXH3_freeState(f->hs);
+	free(f->wbuf);
 	free(f);
 }
 
@@ -353,39 +382,68 @@ static int publish(struct blob *b, struct fetch *f, uint64_t k, uint64_t n, cons
 	return 0;
 }
 
-#define SINK_BATCH 64
-
 /* The XXH3-64 the index gives sub-block (blob chunk) idx. */
 static uint64_t sub_hash(const struct blob *b, uint64_t idx)
 {
 	return b->ix.sub[(b->ix.map[chunk_of(b, idx)] - 1) * img_subs_per_chunk(&b->ix) + sub_of(b, idx)];
 }
 
+/* Write what f has gathered (into a cache), then publish the chunks it completes. */
+static int sink_flush(struct blob *b, struct fetch *f)
+{
+	if (f->wlen) {
+		int rc = cache_write(b->cache, f->wbuf, f->wlen, f->wat);
+		if (rc < 0)
+			return rc;
+		f->wat += f->wlen;
+		f->wlen = 0;
+	}
+	uint64_t n = f->ndone;
+	f->ndone = 0;
+	return n ? publish(b, f, f->done_first, n, f->sums) : 0;
+}
+
 /* The store's sink for a plain object's ranged GET, or for sub-blocks of an
- * image's chunk object: body bytes go straight into the backing (no staging
- * buffer), and each chunk is published as soon as the piece that completes
- * it has been written (and, a sub-block, has matched its hash; chunks
- * completed by one piece are published together).  The store passes every
- * byte once, in order, after checking the answer against the pinned ETag.
- * A sub-block's bytes land in the backing before they are checked, but no
- * reader sees an unpublished chunk, and a failed one is not recorded. */
+ * image's chunk object: body bytes go into the backing (for a cache, through
+ * f->wbuf, see SINK_WBUF), and each chunk is published once its bytes are
+ * there (and, a sub-block, once it has matched its hash).  Into memory, a
+ * chunk is published by the piece that completes it; into a cache, when
+ * SINK_FLUSH bytes have gathered, the batch is full, or the GET's last chunk
+ * is complete, so a reader waits at most SINK_FLUSH behind the bytes.  The
+ * store passes every byte once, in order, after checking the answer against
+ * the pinned ETag.  A sub-block's bytes land in the backing before they are
+ * checked, but no reader sees an unpublished chunk, and a failed one is not
+ * recorded. */
 static int fetch_sink(struct store_op *op, uint64_t pos, const void *p, size_t n)
 {
 	struct fetch *f = op->arg;
 	struct blob *b = f->b;
 	uint64_t at = f->base + pos;
-	if (b->cache) {
-		int rc = cache_write(b->cache, p, n, at);
+	if (!b->cache) {
+		memcpy(b->mem + at, p, n);
+	} else if (f->wlen && at != f->wat + f->wlen) {
+		int rc = sink_flush(b, f); /* not contiguous: cannot happen, but cheap to honour */
 		if (rc < 0)
 			return rc;
-	} else {
-		memcpy(b->mem + at, p, n);
 	}
+	if (b->cache && !f->wlen)
+		f->wat = at;
 	const uint8_t *q = p;
-	uint64_t sums[SINK_BATCH], done_first = 0, ndone = 0;
+	uint64_t last = f->idx + f->count - 1;
 	while (n) {
 		uint64_t k = at >> b->shift, start = k << b->shift, end = start + blob_chunk_len(b, k);
 		size_t take = n < end - at ? n : (size_t)(end - at);
+		if (b->cache) {
+			if (f->wlen == f->wcap) {
+				int rc = sink_flush(b, f);
+				if (rc < 0)
+					return rc;
+			}
+			if (take > f->wcap - f->wlen)
+				take = f->wcap - f->wlen;
+			memcpy(f->wbuf + f->wlen, q, take);
+			f->wlen += take;
+		}
 		if (f->hs) {
 			if (at == start)
 				XXH3_64bits_reset(f->hs);
@@ -398,23 +456,25 @@ static int fetch_sink(struct store_op *op, uint64_t pos, const void *p, size_t n
 			continue;
 		uint64_t sum = f->hs ? XXH3_64bits_digest(f->hs) : 0;
 		if (b->units && sum != sub_hash(b, k)) {
-			int rc = ndone ? publish(b, f, done_first, ndone, sums) : 0;
+			int rc = sink_flush(b, f);
 			if (rc < 0)
 				return rc;
 			return err_set(EBADMSG, "%s: sub-block %llu does not match its XXH3-64 (corrupt chunk)", op->key,
 				       (unsigned long long)sub_of(b, k));
 		}
-		if (!ndone)
-			done_first = k;
-		sums[ndone++] = sum;
-		if (ndone == SINK_BATCH) {
-			int rc = publish(b, f, done_first, ndone, sums);
+		if (!f->ndone)
+			f->done_first = k;
+		f->sums[f->ndone++] = sum;
+		/* A reader already waiting is not kept waiting for more bytes (one
+		 * that starts to wait just after this look waits for the next flush). */
+		if (f->ndone == SINK_BATCH || k == last ||
+		    (b->cache && (f->wlen >= SINK_FLUSH || __atomic_load_n(&b->nwait[k % WAIT_SHARDS], __ATOMIC_RELAXED)))) {
+			int rc = sink_flush(b, f);
 			if (rc < 0)
 				return rc;
-			ndone = 0;
 		}
 	}
-	return ndone ? publish(b, f, done_first, ndone, sums) : 0;
+	return b->cache ? 0 : sink_flush(b, f);
 }
 
 /* Check what arrived; 0 if the bytes may be used. */
@@ -446,8 +506,14 @@ static void fetch_done(struct store_op *op)
 	struct fetch *f = op->arg;
 	struct blob *b = f->b;
 	char why[ERR_MSG_MAX];
-	int rc = verify(b, f, why, sizeof why);
 	int streamed = op->sink != NULL;
+	/* A GET that failed part way keeps the whole chunks it brought. */
+	if (streamed && (f->wlen || f->ndone)) {
+		int frc = sink_flush(b, f);
+		if (frc < 0 && op->rc == 0)
+			store_op_fail(op, frc, "%s", err_msg());
+	}
+	int rc = verify(b, f, why, sizeof why);
 	if (rc == -EBADMSG) {
 		__atomic_add_fetch(&b->verify_failures, 1, __ATOMIC_RELAXED);
 		/* One re-fetch: a bit flip on the way heals; a corrupt object does
@@ -522,6 +588,7 @@ static void fetch_done(struct store_op *op)
 	if (own_buf)
 		free(f->buf);
 	XXH3_freeState(f->hs);
+	free(f->wbuf);
 	free(f);
 	pthread_mutex_lock(&b->mu);
 	if (--b->completing == 0)
@@ -723,9 +790,10 @@ static int wait_chunk(struct blob *b, uint64_t idx, int prio, int asked)
 		asked = 1;
 		if (b->state[idx] == C_FAILED)
 			continue;
-		b->nwait[idx % WAIT_SHARDS]++;
+		/* Atomic for fetch_sink, which peeks without the lock. */
+		__atomic_add_fetch(&b->nwait[idx % WAIT_SHARDS], 1, __ATOMIC_RELAXED);
 		int t = pthread_cond_timedwait(&b->wcv[idx % WAIT_SHARDS], &b->mu, &dl);
-		b->nwait[idx % WAIT_SHARDS]--;
+		__atomic_sub_fetch(&b->nwait[idx % WAIT_SHARDS], 1, __ATOMIC_RELAXED);
 		if (t == ETIMEDOUT)
 			return err_set(ETIMEDOUT, "timed out after %llu ms waiting for chunk %llu of %s",
 				       (unsigned long long)limit_ms, (unsigned long long)idx, b->key);

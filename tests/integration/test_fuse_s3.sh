@@ -136,6 +136,8 @@ unmount
 # --- a store that fails ---
 head -c $((8 << 20)) /dev/urandom >"$T/src/p2"
 curl -sf -T "$T/src/p2" "$UP/vm/p2.bin" >/dev/null || fail "put p2"
+head -c $((8 << 20)) /dev/urandom >"$T/src/p3"
+curl -sf -T "$T/src/p3" "$UP/vm/p3.bin" >/dev/null || fail "put p3"
 curl -sf -T /dev/null "$UP/vm/empty.bin" >/dev/null || fail "put empty"
 rm -rf "$C"
 "$THAW" mount "s3://$B/vm" "$M" --cache "$C" || fail "mount for faults"
@@ -154,6 +156,40 @@ head -c 262144 "$T/src/p2" | cmp -s - "$T/rd" || fail "head of p2.bin differs"
 [ "$(file_field p2.bin fetches)" = 1 ] || fail "p2.bin: $(file_field p2.bin fetches) GETs for its head and window, want 1"
 timeout -k 5 60 cmp "$T/src/p2" "$M/p2.bin" || fail "p2.bin differs after the stalled GET"
 fault_clear
+# A GET cut short for good keeps every whole chunk it brought (the store's
+# retries resume it, each answer cut in half again, until they run out): those
+# chunks are not fetched again, though the last of them may still have been
+# waiting to be written in one batch when the GET failed.
+fault "short_body,method=GET,path=vm/p3.bin"
+timeout -k 5 60 dd if="$M/p3.bin" iflag=direct bs=1M count=1 status=none >/dev/null 2>&1 || true
+p3='[f for f in s["files"] if f["path"]=="p3.bin"][0]'
+wait_until 30 "$p3['fetch_failures'] >= 1 and $p3['inflight'] == 0"
+sleep 0.3 # the proxy logs a GET once it has closed it
+# The whole chunks the cut answers brought, from the proxy's log of each GET's
+# range and the body bytes it sent, and chunk 0 (brought when the mount opened
+# the file).
+whole=$(grep "^GET [^ ]*vm/p3.bin" "$T/proxy.log" | python3 -c '
+import re, sys
+got = [(0, 65536)]
+for line in sys.stdin:
+    m = re.search(r" range=bytes=(\d+)-", line)
+    a = int(m.group(1)) if m else 0
+    got.append((a, a + int(re.search(r" bytes=(\d+)", line).group(1))))
+got.sort()
+runs = []
+for a, b in got:
+    if runs and a <= runs[-1][1]:
+        runs[-1][1] = max(runs[-1][1], b)
+    else:
+        runs.append([a, b])
+print(sum(max(0, b // 65536 - (a + 65535) // 65536) for a, b in runs))')
+kept=$(file_field p3.bin chunks_present)
+[ "$kept" -gt 16 ] && [ "$kept" -lt 128 ] || fail "p3.bin: $kept of 128 chunks present after a GET cut short for good"
+[ "$kept" = "$whole" ] || fail "p3.bin: $kept chunks kept of the $whole whole chunks the cut GETs brought"
+fault_clear
+timeout -k 5 60 cmp "$T/src/p3" "$M/p3.bin" || fail "p3.bin differs after a GET cut short"
+[ "$(fault_bytes vm/p3.bin)" = $(((128 - kept) * 65536)) ] ||
+	fail "p3.bin: $(fault_bytes vm/p3.bin) bytes fetched after the cut GET, expected $(((128 - kept) * 65536)) ($kept of 128 chunks kept)"
 k2=$(chunk_key "$T/src/f" 2)
 fault "status=500,method=GET,path=$k2"
 t0=$(date +%s)
