@@ -2,7 +2,10 @@
  *
  * One loop thread per store owns a curl multi handle and every transfer.
  * store_submit() only turns the op into a request, queues it and wakes the
- * loop (curl_multi_wakeup).  The loop runs at most cfg.max_inflight requests at
+ * loop (an eventfd in the loop's epoll set).  The loop drives curl with
+ * curl_multi_socket_action, on the one socket epoll says is ready: with
+ * curl_multi_perform, each turn of the loop ran every transfer and polled each
+ * one's socket, ~4 poll(2)s per recv on a sequential read.  The loop runs at most cfg.max_inflight requests at
  * once on pooled easy handles, so connections stay alive and are reused; a
  * failed attempt waits for its retry on a timer list, never by sleeping; and
  * op->done is called from the loop thread.
@@ -22,12 +25,16 @@
  * parts of a multipart upload, max_total_ms from when the part was queued), and
  * each attempt's CURLOPT_TIMEOUT_MS is what is left of it. */
 #include <curl/curl.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../common/log.h"
 #include "../common/timeutil.h"
@@ -137,12 +144,15 @@ struct s3 {
 	uint64_t stall_ns;
 
 	CURLM *multi;
+	int epfd;                        /* curl's sockets and wakefd */
+	int wakefd;                      /* an eventfd: written to wake the loop */
 	pthread_t thread;
 	pthread_mutex_t mu;
 	struct req *inbox, *inbox_tail;  /* guarded by mu */
 	int stop;                        /* guarded by mu */
 
 	/* loop thread only */
+	uint64_t curl_due_ns;            /* curl's timer (UINT64_MAX: none) */
 	int stopping;
 	struct req *ready, *ready_tail;
 	struct req *urgent_tail;         /* last urgent req in ready, or NULL */
@@ -489,7 +499,7 @@ static struct req *req_new(struct s3 *x, enum rkind kind, struct store_op *op, c
 	return r;
 }
 
-/* ---- response callbacks (loop thread, inside curl_multi_perform) --------- */
+/* ---- response callbacks (loop thread, inside curl_multi_socket_action) --- */
 
 static void reset_response(struct req *r)
 {
@@ -1568,6 +1578,8 @@ static void inbox_push(struct s3 *x, struct req *r)
 	x->inbox_tail = r;
 }
 
+static void loop_wake(struct s3 *x);
+
 /* Queue r for the loop; -ECANCELED once the store is closing. */
 static int enqueue(struct s3 *x, struct req *r)
 {
@@ -1578,7 +1590,7 @@ static int enqueue(struct s3 *x, struct req *r)
 	}
 	inbox_push(x, r);
 	pthread_mutex_unlock(&x->mu);
-	curl_multi_wakeup(x->multi);
+	loop_wake(x);
 	return 0;
 }
 
@@ -1871,9 +1883,51 @@ static void cancel_all(struct s3 *x)
 	}
 }
 
+/* curl's CURLMOPT_SOCKETFUNCTION: keep socket fd in the epoll set, watched
+ * for what curl waits for. */
+static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *sockp)
+{
+	(void)e;
+	(void)sockp;
+	struct s3 *x = userp;
+	if (what == CURL_POLL_REMOVE) {
+		epoll_ctl(x->epfd, EPOLL_CTL_DEL, fd, NULL); /* ENOENT/EBADF: already gone with the socket */
+		return 0;
+	}
+	struct epoll_event ev = { .events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u),
+				  .data.fd = fd };
+	if (epoll_ctl(x->epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
+		return 0;
+	if (errno == ENOENT && epoll_ctl(x->epfd, EPOLL_CTL_ADD, fd, &ev) == 0)
+		return 0;
+	log_error("s3://%s: cannot watch a connection's socket (epoll_ctl: %s)", x->s->url.root, strerror(errno));
+	return -1; /* curl fails the transfers on that socket */
+}
+
+/* curl's CURLMOPT_TIMERFUNCTION: when curl wants to be called with
+ * CURL_SOCKET_TIMEOUT (timeouts, and at once after a handle is added). */
+static int on_timer(CURLM *m, long timeout_ms, void *userp)
+{
+	(void)m;
+	struct s3 *x = userp;
+	x->curl_due_ns = timeout_ms < 0 ? UINT64_MAX : now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	return 0;
+}
+
+static void loop_wake(struct s3 *x)
+{
+	uint64_t one = 1;
+	/* EAGAIN: the counter is full, so the loop is woken anyway. */
+	if (write(x->wakefd, &one, sizeof one) < 0 && errno != EAGAIN)
+		log_error("s3://%s: cannot wake the transfer loop: %s", x->s->url.root, strerror(errno));
+}
+
+#define LOOP_EVENTS 32
+
 static void *loop_main(void *arg)
 {
 	struct s3 *x = arg;
+	struct epoll_event ev[LOOP_EVENTS];
 	for (;;) {
 		pthread_mutex_lock(&x->mu);
 		struct req *in = x->inbox;
@@ -1909,22 +1963,43 @@ static void *loop_main(void *arg)
 		}
 
 		int still = 0;
-		curl_multi_perform(x->multi, &still);
+		if (x->curl_due_ns <= now_ns()) {
+			x->curl_due_ns = UINT64_MAX;
+			curl_multi_socket_action(x->multi, CURL_SOCKET_TIMEOUT, 0, &still);
+		}
 		reap(x);
 		long wait_ms = check_stalls(x);
 
-		/* Sleep until curl has work, a timer is due, or someone wakes us. */
+		/* Sleep until a socket is ready, a timer is due, or someone wakes us. */
 		if (wait_ms > POLL_MAX_MS)
 			wait_ms = POLL_MAX_MS;
 		if (x->ready && x->nrunning < x->s->cfg.max_inflight)
 			wait_ms = 0;
+		uint64_t t = now_ns();
 		if (x->timers) {
-			uint64_t t = now_ns();
 			long d = x->timers->wake_ns <= t ? 0 : (long)((x->timers->wake_ns - t + 999999) / 1000000);
 			if (d < wait_ms)
 				wait_ms = d;
 		}
-		curl_multi_poll(x->multi, NULL, 0, (int)wait_ms, NULL);
+		if (x->curl_due_ns != UINT64_MAX) {
+			long d = x->curl_due_ns <= t ? 0 : (long)((x->curl_due_ns - t + 999999) / 1000000);
+			if (d < wait_ms)
+				wait_ms = d;
+		}
+		int n = epoll_wait(x->epfd, ev, LOOP_EVENTS, (int)wait_ms);
+		for (int i = 0; i < n; i++) {
+			if (ev[i].data.fd == x->wakefd) {
+				uint64_t v;
+				if (read(x->wakefd, &v, sizeof v) < 0 && errno != EAGAIN)
+					log_error("s3://%s: reading the loop's eventfd: %s", x->s->url.root, strerror(errno));
+				continue;
+			}
+			uint32_t e = ev[i].events;
+			int act = (e & (EPOLLIN | EPOLLHUP) ? CURL_CSELECT_IN : 0) | (e & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+				  (e & EPOLLERR ? CURL_CSELECT_ERR : 0);
+			curl_multi_socket_action(x->multi, ev[i].data.fd, act, &still);
+		}
+		reap(x);
 	}
 	cancel_all(x);
 	return NULL;
@@ -2166,6 +2241,10 @@ static void s3_free(struct s3 *x)
 	pthread_mutex_destroy(&x->here_mu);
 	if (x->multi)
 		curl_multi_cleanup(x->multi);
+	if (x->epfd >= 0)
+		close(x->epfd);
+	if (x->wakefd >= 0)
+		close(x->wakefd);
 	if (x->userpwd) {
 		explicit_bzero(x->userpwd, strlen(x->userpwd));
 		free(x->userpwd);
@@ -2185,7 +2264,7 @@ static void s3_close(struct store *s)
 	pthread_mutex_lock(&x->mu);
 	x->stop = 1;
 	pthread_mutex_unlock(&x->mu);
-	curl_multi_wakeup(x->multi);
+	loop_wake(x);
 	pthread_join(x->thread, NULL);
 	s3_free(x);
 	s->priv = NULL;
@@ -2215,6 +2294,7 @@ int store_s3_open(struct store *s)
 	pthread_mutex_init(&x->mu, NULL);
 	pthread_mutex_init(&x->here_mu, NULL);
 	x->s = s;
+	x->epfd = x->wakefd = -1;
 	int rc = awsconf_load(&x->conf);
 	if (rc < 0) {
 		s3_free(x);
@@ -2261,6 +2341,19 @@ int store_s3_open(struct store *s)
 		s3_free(x);
 		return err_set(ENOMEM, "s3://%s: out of memory creating the curl multi handle", bucket);
 	}
+	x->curl_due_ns = UINT64_MAX;
+	x->epfd = epoll_create1(EPOLL_CLOEXEC);
+	x->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	struct epoll_event wev = { .events = EPOLLIN, .data.fd = x->wakefd };
+	if (x->epfd < 0 || x->wakefd < 0 || epoll_ctl(x->epfd, EPOLL_CTL_ADD, x->wakefd, &wev) < 0) {
+		int e = errno;
+		s3_free(x);
+		return err_set(e, "s3://%s: cannot set up the transfer loop's epoll and eventfd: %s", bucket, strerror(e));
+	}
+	curl_multi_setopt(x->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+	curl_multi_setopt(x->multi, CURLMOPT_SOCKETDATA, x);
+	curl_multi_setopt(x->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+	curl_multi_setopt(x->multi, CURLMOPT_TIMERDATA, x);
 	curl_multi_setopt(x->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)s->cfg.max_inflight);
 	curl_multi_setopt(x->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)s->cfg.max_inflight);
 	curl_multi_setopt(x->multi, CURLMOPT_MAXCONNECTS, (long)s->cfg.max_inflight + 4);
