@@ -15,10 +15,10 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include "../common/err.h"
 #include "../common/log.h"
+#include "../common/xxh.h"
 #include "ctl.h"
 #include "fusefs.h"
 

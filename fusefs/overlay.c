@@ -11,10 +11,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include "../common/err.h"
 #include "../common/log.h"
+#include "../common/xxh.h"
 #include "overlay.h"
 #include "../common/fsutil.h"
 

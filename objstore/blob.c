@@ -14,10 +14,10 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include "../common/log.h"
 #include "../common/timeutil.h"
+#include "../common/xxh.h"
 #include "blob.h"
 #include "cache.h"
 

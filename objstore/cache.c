@@ -7,10 +7,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include "../common/log.h"
 #include "../common/timeutil.h"
+#include "../common/xxh.h"
 #include "cache.h"
 #include "../common/fsutil.h"
 

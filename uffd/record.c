@@ -15,10 +15,10 @@
  * (the indices would name the wrong bytes). */
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
 
 #include "../common/err.h"
 #include "../common/log.h"
+#include "../common/xxh.h"
 #include "session.h"
 
 #define WS_MAGIC "THAWWSET"
