@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -47,6 +48,7 @@
 #define ERRBODY_MAX (64u << 10)    /* error documents are small; keep the head */
 #define XMLBODY_MAX (32u << 20)    /* a 1000-key page is ~0.5 MB */
 #define POLL_MAX_MS 1000
+#define GET_LOWAT (256u << 10)     /* see get_lowat */
 
 enum rkind { R_GET, R_HEAD, R_PUT, R_DELETE, R_LIST, R_MPU_CREATE, R_MPU_PART, R_MPU_COMPLETE, R_MPU_ABORT };
 
@@ -95,6 +97,8 @@ struct req {
 	int64_t mtime;
 	uint64_t got, delivered;   /* GET: body bytes seen, bytes written to dst */
 	int checked, stale, enough, bad;
+	curl_socket_t fd;          /* this attempt's socket, as the loop's on_socket saw it (-1: not known) */
+	int lowat;                 /* SO_RCVLOWAT this attempt set on fd (0: none) */
 	char bad_msg[200];
 	uint64_t progress_ns;      /* last time a byte moved either way */
 	int stalled;
@@ -648,6 +652,27 @@ static int put_body(struct req *r, uint64_t at, const char *p, uint64_t n)
 	return 1;
 }
 
+/* A GET's body arrives faster than one thread can take it only in bursts:
+ * woken for every few tens of KiB that land, the loop slept and woke ~10,000
+ * times per GiB, each time a context switch and a wake-up on the sender's
+ * side.  SO_RCVLOWAT makes the socket readable (and the kernel wake its
+ * reader) only once GET_LOWAT bytes are there, or all that is left of the
+ * body, so that no byte waits for others that will never come; back to 1
+ * when the body is in, for the next answer's headers on a kept-alive
+ * connection.  (The kernel also wakes the reader when the window or memory
+ * runs short, so a lower-than-asked receive buffer cannot stall it.)  Only
+ * for transfers in the loop, whose socket on_socket names: a GET run on a
+ * caller's thread is a small one a reader waits for, and CURLINFO_ACTIVESOCKET
+ * names the easy handle's last connection, not always the one in use. */
+static void get_lowat(struct req *r, uint64_t left)
+{
+	int want = left >= GET_LOWAT ? (int)GET_LOWAT : left ? (int)left : 1;
+	if (r->fd == CURL_SOCKET_BAD || (r->lowat ? want >= r->lowat : want == 1))
+		return;
+	if (setsockopt(r->fd, SOL_SOCKET, SO_RCVLOWAT, &want, sizeof want) == 0)
+		r->lowat = want;
+}
+
 static size_t on_write(char *buf, size_t size, size_t nmemb, void *arg)
 {
 	struct req *r = arg;
@@ -659,6 +684,8 @@ static size_t on_write(char *buf, size_t size, size_t nmemb, void *arg)
 			return 0;
 		uint64_t base = r->got;
 		r->got += len;
+		if (r->have_clen && r->clen >= r->got)
+			get_lowat(r, r->clen - r->got);
 		if (r->status == 206) {
 			/* body byte i is object byte off+i; take no more than len, and
 			 * hang up on a server that sends more than was asked for */
@@ -1137,6 +1164,8 @@ static void attempt_outcome(struct s3 *x, struct req *r, CURLcode res)
 
 static void attempt_done(struct s3 *x, struct req *r, CURLcode res)
 {
+	if (r->lowat > 1) /* cut short: the connection may yet be kept */
+		get_lowat(r, 0);
 	running_remove(x, r);
 	curl_multi_remove_handle(x->multi, r->easy);
 	curl_slist_free_all(r->hdrs);
@@ -1314,6 +1343,8 @@ static int start_req(struct s3 *x, struct req *r)
 	}
 	r->attempts++;
 	r->stalled = 0;
+	r->fd = CURL_SOCKET_BAD;
+	r->lowat = 0;
 	r->progress_ns = now_ns();
 	r->next = x->running;
 	x->running = r;
@@ -1777,10 +1808,14 @@ static int s3_submit_here(struct store *s, struct store_op *op)
 	}
 	r->attempts++;
 	r->stalled = 0;
+	r->fd = CURL_SOCKET_BAD;
+	r->lowat = 0;
 	r->progress_ns = now_ns();
 	CURLcode res = curl_easy_perform(e);
 	if (res == CURLE_ABORTED_BY_CALLBACK && r->stalled)
 		res = CURLE_OPERATION_TIMEDOUT;
+	if (r->lowat > 1) /* cut short: the connection may yet be kept */
+		get_lowat(r, 0);
 	curl_slist_free_all(r->hdrs);
 	r->hdrs = NULL;
 	attempt_outcome(x, r, res); /* reads e (CURLINFO_OS_ERRNO) before the reset */
@@ -1887,13 +1922,15 @@ static void cancel_all(struct s3 *x)
  * for what curl waits for. */
 static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *sockp)
 {
-	(void)e;
 	(void)sockp;
 	struct s3 *x = userp;
 	if (what == CURL_POLL_REMOVE) {
 		epoll_ctl(x->epfd, EPOLL_CTL_DEL, fd, NULL); /* ENOENT/EBADF: already gone with the socket */
 		return 0;
 	}
+	struct req *r = NULL; /* HTTP/1.1: a connection serves one transfer at a time */
+	if (curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r) == CURLE_OK && r)
+		r->fd = fd;
 	struct epoll_event ev = { .events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u),
 				  .data.fd = fd };
 	if (epoll_ctl(x->epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
