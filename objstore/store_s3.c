@@ -49,6 +49,7 @@
 #define XMLBODY_MAX (32u << 20)    /* a 1000-key page is ~0.5 MB */
 #define POLL_MAX_MS 1000
 #define GET_LOWAT (256u << 10)     /* see get_lowat */
+#define LOWAT_IDLE_MS 200          /* a GET with no bytes this long reads every byte as it comes */
 
 enum rkind { R_GET, R_HEAD, R_PUT, R_DELETE, R_LIST, R_MPU_CREATE, R_MPU_PART, R_MPU_COMPLETE, R_MPU_ABORT };
 
@@ -660,7 +661,11 @@ static int put_body(struct req *r, uint64_t at, const char *p, uint64_t n)
  * body, so that no byte waits for others that will never come; back to 1
  * when the body is in, for the next answer's headers on a kept-alive
  * connection.  (The kernel also wakes the reader when the window or memory
- * runs short, so a lower-than-asked receive buffer cannot stall it.)  Only
+ * runs short, so a lower-than-asked receive buffer cannot stall it.)  A GET
+ * that has seen nothing for LOWAT_IDLE_MS goes back to 1 for the rest of its
+ * attempt (check_stalls): on a slow link, or a server pausing mid-body, bytes
+ * short of the mark would otherwise wait, unseen by readers and by the stall
+ * check, which would then call a trickling transfer stalled.  Only
  * for transfers in the loop, whose socket on_socket names: a GET run on a
  * caller's thread is a small one a reader waits for, and CURLINFO_ACTIVESOCKET
  * names the easy handle's last connection, not always the one in use. */
@@ -1859,6 +1864,13 @@ static long check_stalls(struct s3 *x)
 			continue;
 		}
 		uint64_t due = r->progress_ns + x->stall_ns;
+		if (r->lowat > 1) {
+			uint64_t idle = r->progress_ns + LOWAT_IDLE_MS * 1000000ull;
+			if (idle <= now)
+				get_lowat(r, 0); /* as if the body were in: back to 1 */
+			else if (idle < next)
+				next = idle;
+		}
 		if (due <= now) {
 			CURL *e = r->easy;
 			r->stalled = 1;

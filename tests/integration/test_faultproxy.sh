@@ -147,6 +147,16 @@ head -c 100000 "$T/obj" | cmp -s - "$T/got" || fail "stalled response differs"
 run curl -sS -m 0.4 -r 0-99999 -o /dev/null "$B/obj" 2>/dev/null
 [ $rc = 28 ] || fail "stall vs -m 0.4: curl exit $rc, want 28"
 
+# rate: the body comes whole, paced (80 KiB at 200 KiB/s: ~400 ms).
+setrule 'rate=200,range=1,count=1'
+t0=$(date +%s%N)
+curl -sS -r 0-81919 -o "$T/got" "$B/obj"
+ms=$((($(date +%s%N) - t0) / 1000000))
+[ $ms -ge 350 ] || fail "rate=200 sent 80 KiB in only ${ms} ms"
+head -c 81920 "$T/obj" | cmp -s - "$T/got" || fail "paced response differs"
+code=$(curl -sS -o "$T/err" -w '%{http_code}' "$P/__fault/set?rule=rate=0")
+[ "$code" = 400 ] && grep -q 'KiB per second' "$T/err" || fail "rate=0: $code $(cat "$T/err")"
+
 # delay: the whole response is late.
 setrule 'delay=600,method=GET,path=small,count=1'
 t0=$(date +%s%N)

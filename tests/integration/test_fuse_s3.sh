@@ -4,8 +4,10 @@
 # for byte; GETs counted at the proxy (one per chunk, none for a complete
 # file, none again after kill -9 and remount for chunks already cached); and
 # a store failing beyond its retries (EIO within the retry budget, the rest
-# of the mount unharmed), transient failures healed by retries, a corrupt
-# chunk refused, an ETag changing under a plain object refused.
+# of the mount unharmed), transient failures healed by retries, a GET cut
+# short keeping its whole chunks, a slow link read without being called
+# stalled, a corrupt chunk refused, an ETag changing under a plain object
+# refused.
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/../fuse_lib.sh"
 
@@ -138,6 +140,8 @@ head -c $((8 << 20)) /dev/urandom >"$T/src/p2"
 curl -sf -T "$T/src/p2" "$UP/vm/p2.bin" >/dev/null || fail "put p2"
 head -c $((8 << 20)) /dev/urandom >"$T/src/p3"
 curl -sf -T "$T/src/p3" "$UP/vm/p3.bin" >/dev/null || fail "put p3"
+head -c $((400 << 10)) /dev/urandom >"$T/src/p4"
+curl -sf -T "$T/src/p4" "$UP/vm/p4.bin" >/dev/null || fail "put p4"
 curl -sf -T /dev/null "$UP/vm/empty.bin" >/dev/null || fail "put empty"
 rm -rf "$C"
 "$THAW" mount "s3://$B/vm" "$M" --cache "$C" || fail "mount for faults"
@@ -190,6 +194,21 @@ fault_clear
 timeout -k 5 60 cmp "$T/src/p3" "$M/p3.bin" || fail "p3.bin differs after a GET cut short"
 [ "$(fault_bytes vm/p3.bin)" = $(((128 - kept) * 65536)) ] ||
 	fail "p3.bin: $(fault_bytes vm/p3.bin) bytes fetched after the cut GET, expected $(((128 - kept) * 65536)) ($kept of 128 chunks kept)"
+# A slow link is not a stall.  The loop asks the kernel to wake it only once
+# 256 KiB of a GET have landed (SO_RCVLOWAT); at 100 KiB/s that would take
+# longer than the stall limit (1.5 s here), so a GET that sees no bytes for
+# 200 ms goes back to reading them as they come.  The first read asks for
+# chunk 1 and a window to the end of the file: one GET of 336 KiB.
+fault_clear
+fault "rate=100,method=GET,path=vm/p4.bin,count=1"
+t0=$(date +%s%N)
+timeout -k 5 60 dd if="$M/p4.bin" iflag=direct bs=128K count=1 status=none >"$T/rd" || fail "head of p4.bin over a slow link"
+el=$(( ($(date +%s%N) - t0) / 1000000 ))
+head -c 131072 "$T/src/p4" | cmp -s - "$T/rd" || fail "head of p4.bin differs"
+[ $el -lt 1400 ] || fail "64 KiB at 100 KiB/s took $el ms to reach the reader"
+timeout -k 5 60 cmp "$T/src/p4" "$M/p4.bin" || fail "p4.bin differs after the slow GET"
+i=0; while [ "$(fault_gets vm/p4.bin)" -lt 1 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done # logged once sent
+[ "$(fault_gets vm/p4.bin)" = 1 ] || fail "p4.bin: $(fault_gets vm/p4.bin) GETs, want 1 (a slow GET was called stalled)"
 k2=$(chunk_key "$T/src/f" 2)
 fault "status=500,method=GET,path=$k2"
 t0=$(date +%s)

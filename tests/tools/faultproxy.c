@@ -37,6 +37,8 @@
  *                     milliseconds, then send the rest: a client that waits
  *                     long enough gets a correct response, an impatient one
  *                     times out.
+ *     rate=KIB        forward; send the body at KIB KiB per second, in 4 KiB
+ *                     pieces: a slow link, not a stall (bytes keep coming).
  *     delay=MS        forward; hold the whole response (headers included) MS
  *                     milliseconds before sending it.
  *     corrupt         forward; XOR 0xff into every body byte whose offset is a
@@ -102,14 +104,14 @@
 #define LOG_RING 20000
 #define CORRUPT_STRIDE 4096
 
-enum kind { K_NONE, K_STATUS, K_RESET, K_SHORT, K_STALL, K_DELAY, K_CORRUPT, K_ETAG, K_DROP, K__N };
+enum kind { K_NONE, K_STATUS, K_RESET, K_SHORT, K_STALL, K_DELAY, K_CORRUPT, K_ETAG, K_DROP, K_RATE, K__N };
 static const char *kind_names[K__N] = { "-", "status", "reset_mid_body", "short_body", "stall",
-					"delay", "corrupt", "etag", "drop" };
+					"delay", "corrupt", "etag", "drop", "rate" };
 
 struct rule {
 	int id;
 	enum kind kind;
-	int arg;		/* status code or milliseconds */
+	int arg;		/* status code, milliseconds or KiB/s */
 	char *etag, *s3code, *path, *spec;
 	char method[16];	/* "" = any */
 	int range;		/* -1 any, 0 absent, 1 present */
@@ -485,9 +487,11 @@ struct xfer {
 	uint64_t cut;		/* body offset where the fault strikes */
 	bool cut_at_first;	/* unknown length: cut at half the first block */
 	bool cut_done;
-	enum kind kind;		/* K_RESET / K_SHORT / K_STALL act at cut; K_CORRUPT flips */
+	enum kind kind;		/* K_RESET / K_SHORT / K_STALL act at cut; K_CORRUPT flips; K_RATE paces */
 	int arg;
 };
+
+#define RATE_PIECE 4096
 
 enum { XF_OK = 0, XF_ERR = -1, XF_CUT = -2 };
 
@@ -514,6 +518,15 @@ static int x_send(struct xfer *x, char *p, size_t n)
 		if (x->kind != K_STALL)
 			return XF_CUT;
 		sleep_ms(x->arg);
+	}
+	while (x->kind == K_RATE && n) {
+		size_t k = n < RATE_PIECE ? n : RATE_PIECE;
+		if (x->out >= 0 && send_all(x->out, p, k, 0) < 0)
+			return XF_ERR;
+		x->off += k;
+		p += k;
+		n -= k;
+		sleep_ms((int)(k * 1000 / ((size_t)x->arg * 1024)));
 	}
 	if (x->out >= 0 && n && send_all(x->out, p, n, 0) < 0)
 		return XF_ERR;
@@ -654,6 +667,7 @@ static int rule_item(struct rule *r, const char *item, char *err, size_t errn)
 	else if (!strcmp(key, "corrupt")) k = K_CORRUPT;
 	else if (!strcmp(key, "etag")) k = K_ETAG;
 	else if (!strcmp(key, "drop")) k = K_DROP;
+	else if (!strcmp(key, "rate")) k = K_RATE;
 	if (k != K_NONE) {
 		if (r->kind != K_NONE) {
 			snprintf(err, errn, "a rule takes exactly one fault kind ('%s' after '%s')", key,
@@ -661,7 +675,7 @@ static int rule_item(struct rule *r, const char *item, char *err, size_t errn)
 			return -1;
 		}
 		r->kind = k;
-		bool needs = k == K_STATUS || k == K_STALL || k == K_DELAY || k == K_ETAG;
+		bool needs = k == K_STATUS || k == K_STALL || k == K_DELAY || k == K_ETAG || k == K_RATE;
 		if (needs && (!v || !*v)) {
 			snprintf(err, errn, "fault '%s' needs a value (%s=...)", key, key);
 			return -1;
@@ -683,6 +697,14 @@ static int rule_item(struct rule *r, const char *item, char *err, size_t errn)
 				snprintf(err, errn, "%s wants milliseconds 0..3600000, not '%s'", key, v);
 				return -1;
 			}
+		} else if (k == K_RATE) {
+			char *end;
+			long kib = strtol(v, &end, 10);
+			if (end == v || *end || kib < 1 || kib > 1048576) {
+				snprintf(err, errn, "rate wants KiB per second 1..1048576, not '%s'", v);
+				return -1;
+			}
+			r->arg = (int)kib;
 		} else if (k == K_ETAG) {
 			if (strlen(v) > 200 || strpbrk(v, "\r\n")) {
 				snprintf(err, errn, "bad etag value");
@@ -805,7 +827,7 @@ static struct rule *rule_parse(const char *query, char *err, size_t errn)
 	free(item);
 	if (!rc && r->kind == K_NONE) {
 		snprintf(err, errn, "rule names no fault kind (status=, reset_mid_body, short_body, stall=, "
-			 "delay=, corrupt, etag=, drop)");
+			 "delay=, rate=, corrupt, etag=, drop)");
 		rc = -1;
 	}
 	r->spec = spec.p ? spec.p : strdup("");
@@ -1494,6 +1516,7 @@ static void usage(FILE *to)
 	      "  reset_mid_body   send headers + half the body, then RST\n"
 	      "  short_body       send headers (full length) + half the body, then FIN\n"
 	      "  stall=MS         send headers + half the body, pause MS, then the rest\n"
+	      "  rate=KIB         send the body at KIB KiB/s (4 KiB pieces)\n"
 	      "  delay=MS         hold the whole response MS before sending it\n"
 	      "  corrupt          flip every byte at a body offset multiple of 4096\n"
 	      "  etag=VALUE       replace the ETag response header\n"
