@@ -43,6 +43,14 @@ chunk_key() { # SRC MIB -> the key of the chunk object holding that block
 	fail "no chunk object holds block $2 of $1"
 }
 unmount() { fusermount3 -u "$M" || fail "unmount"; }
+# timed_head NAME BYTES: read the first BYTES of $M/NAME in one O_DIRECT read,
+# fail unless they are $T/src/SRC's (SRC: NAME without .bin); sets el (ms).
+timed_head() {
+	t0=$(date +%s%N)
+	timeout -k 5 60 dd if="$M/$1" iflag=direct bs="$2" count=1 status=none >"$T/rd" || fail "head of $1"
+	el=$(( ($(date +%s%N) - t0) / 1000000 ))
+	head -c "$2" "$T/src/${1%.bin}" | cmp -s - "$T/rd" || fail "head of $1 differs"
+}
 
 make_mixed "$T/src/a" $((20 << 20))
 head -c $((9 * 1048576 + 123)) /dev/urandom >"$T/src/plain"
@@ -152,10 +160,7 @@ rm -rf "$C"
 # window, one GET of ~1.2 MiB; the proxy sends half of it, then pauses 4 s.)
 stat "$M/p2.bin" >/dev/null # opens it: the probe GET brings chunk 0
 fault "stall=4000,method=GET,path=vm/p2.bin,count=1"
-t0=$(date +%s%N)
-timeout -k 5 60 dd if="$M/p2.bin" iflag=direct bs=256K count=1 status=none >"$T/rd" || fail "head of p2.bin"
-el=$(( ($(date +%s%N) - t0) / 1000000 ))
-head -c 262144 "$T/src/p2" | cmp -s - "$T/rd" || fail "head of p2.bin differs"
+timed_head p2.bin 262144
 [ $el -lt 3000 ] || fail "a read at the head of a stalled GET took $el ms: chunks not published as they land"
 [ "$(file_field p2.bin fetches)" = 1 ] || fail "p2.bin: $(file_field p2.bin fetches) GETs for its head and window, want 1"
 timeout -k 5 60 cmp "$T/src/p2" "$M/p2.bin" || fail "p2.bin differs after the stalled GET"
@@ -201,10 +206,7 @@ timeout -k 5 60 cmp "$T/src/p3" "$M/p3.bin" || fail "p3.bin differs after a GET 
 # chunk 1 and a window to the end of the file: one GET of 336 KiB.
 fault_clear
 fault "rate=100,method=GET,path=vm/p4.bin,count=1"
-t0=$(date +%s%N)
-timeout -k 5 60 dd if="$M/p4.bin" iflag=direct bs=128K count=1 status=none >"$T/rd" || fail "head of p4.bin over a slow link"
-el=$(( ($(date +%s%N) - t0) / 1000000 ))
-head -c 131072 "$T/src/p4" | cmp -s - "$T/rd" || fail "head of p4.bin differs"
+timed_head p4.bin 131072
 [ $el -lt 1400 ] || fail "64 KiB at 100 KiB/s took $el ms to reach the reader"
 timeout -k 5 60 cmp "$T/src/p4" "$M/p4.bin" || fail "p4.bin differs after the slow GET"
 i=0; while [ "$(fault_gets vm/p4.bin)" -lt 1 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done # logged once sent

@@ -635,11 +635,12 @@ static void rule_free(struct rule *r)
 	free(r);
 }
 
-static int parse_ms(const char *v, int *out)
+/* A decimal integer in [lo, hi], all of v. */
+static int parse_int(const char *v, long lo, long hi, int *out)
 {
 	char *end;
 	long n = strtol(v, &end, 10);
-	if (end == v || *end || n < 0 || n > 3600000)
+	if (end == v || *end || n < lo || n > hi)
 		return -1;
 	*out = (int)n;
 	return 0;
@@ -685,26 +686,20 @@ static int rule_item(struct rule *r, const char *item, char *err, size_t errn)
 			return -1;
 		}
 		if (k == K_STATUS) {
-			char *end;
-			long c = strtol(v, &end, 10);
-			if (end == v || *end || c < 200 || c > 599) {
+			if (parse_int(v, 200, 599, &r->arg) < 0) {
 				snprintf(err, errn, "status must be a code 200..599, not '%s'", v);
 				return -1;
 			}
-			r->arg = (int)c;
 		} else if (k == K_STALL || k == K_DELAY) {
-			if (parse_ms(v, &r->arg) < 0) {
+			if (parse_int(v, 0, 3600000, &r->arg) < 0) {
 				snprintf(err, errn, "%s wants milliseconds 0..3600000, not '%s'", key, v);
 				return -1;
 			}
 		} else if (k == K_RATE) {
-			char *end;
-			long kib = strtol(v, &end, 10);
-			if (end == v || *end || kib < 1 || kib > 1048576) {
+			if (parse_int(v, 1, 1048576, &r->arg) < 0) {
 				snprintf(err, errn, "rate wants KiB per second 1..1048576, not '%s'", v);
 				return -1;
 			}
-			r->arg = (int)kib;
 		} else if (k == K_ETAG) {
 			if (strlen(v) > 200 || strpbrk(v, "\r\n")) {
 				snprintf(err, errn, "bad etag value");
