@@ -3,12 +3,13 @@
  * One loop thread per store owns a curl multi handle and every transfer.
  * store_submit() only turns the op into a request, queues it and wakes the
  * loop (an eventfd in the loop's epoll set).  The loop drives curl with
- * curl_multi_socket_action, on the one socket epoll says is ready: with
- * curl_multi_perform, each turn of the loop ran every transfer and polled each
- * one's socket, ~4 poll(2)s per recv on a sequential read.  The loop runs at most cfg.max_inflight requests at
- * once on pooled easy handles, so connections stay alive and are reused; a
- * failed attempt waits for its retry on a timer list, never by sleeping; and
- * op->done is called from the loop thread.
+ * curl_multi_socket_action, on the one socket epoll says is ready (with
+ * curl_multi_perform, each turn of the loop ran every transfer and polled
+ * each one's socket: ~4 poll(2)s per recv on a sequential read).  It runs at
+ * most cfg.max_inflight requests at once on pooled easy handles, so
+ * connections stay alive and are reused; a failed attempt waits for its retry
+ * on a timer list, never by sleeping; and op->done is called from the loop
+ * thread.
  *
  * A PUT larger than cfg.part_size becomes a multipart upload: Create, a few
  * UploadParts in flight, Complete, and Abort if it fails for good.  LIST pages
@@ -1819,8 +1820,6 @@ static int s3_submit_here(struct store *s, struct store_op *op)
 	CURLcode res = curl_easy_perform(e);
 	if (res == CURLE_ABORTED_BY_CALLBACK && r->stalled)
 		res = CURLE_OPERATION_TIMEDOUT;
-	if (r->lowat > 1) /* cut short: the connection may yet be kept */
-		get_lowat(r, 0);
 	curl_slist_free_all(r->hdrs);
 	r->hdrs = NULL;
 	attempt_outcome(x, r, res); /* reads e (CURLINFO_OS_ERRNO) before the reset */
@@ -1936,12 +1935,18 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
 {
 	(void)sockp;
 	struct s3 *x = userp;
+	/* HTTP/1.1: a connection serves one transfer at a time.  A pooled
+	 * handle's private pointer is NULL (pool_put resets it). */
+	struct req *r = NULL;
+	if (curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r) != CURLE_OK)
+		r = NULL;
 	if (what == CURL_POLL_REMOVE) {
 		epoll_ctl(x->epfd, EPOLL_CTL_DEL, fd, NULL); /* ENOENT/EBADF: already gone with the socket */
+		if (r && r->fd == fd)
+			r->fd = CURL_SOCKET_BAD; /* its number may soon name another socket */
 		return 0;
 	}
-	struct req *r = NULL; /* HTTP/1.1: a connection serves one transfer at a time */
-	if (curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r) == CURLE_OK && r)
+	if (r)
 		r->fd = fd;
 	struct epoll_event ev = { .events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u),
 				  .data.fd = fd };
