@@ -11,6 +11,8 @@
 # bytes the store sent, counted by tests/tools/faultproxy in front of s3rver,
 # so every tool is measured the same way).  The cold reads run in ROUNDS
 # rounds, every tool once per round, and the table shows their medians.
+# Within a round thaw, curl and s3fs go first and one after another: the
+# targets are their ratios, and this host's speed drifts over minutes.
 # thaw is measured twice: on the plain object (what s3fs and rclone read)
 # and on the same bytes pushed as a thaw image (1 MiB chunks, and again 4 MiB
 # chunks, read in 64 KiB sub-blocks verified with XXH3 on arrival), and once
@@ -21,7 +23,7 @@
 #   FUSE_BENCH_RANDOM=200     random reads
 #   FUSE_BENCH_TOOLS="thaw thaw-dio thaw-img thaw-img4 s3fs rclone curl"
 #   FUSE_BENCH_TTFB_RUNS=5    fresh mounts timed for the first byte
-#   FUSE_BENCH_ROUNDS=3       rounds of the cold sequential and random reads
+#   FUSE_BENCH_ROUNDS=5       rounds of the cold sequential and random reads
 #   FUSE_BENCH_SERVER_COLD=0  1: the server's files leave memory too, before each cold read
 #   BUILD=build               where thaw and the tools are
 set -eu
@@ -33,7 +35,7 @@ MB=${FUSE_BENCH_MB:-1024}
 NRAND=${FUSE_BENCH_RANDOM:-200}
 WHO=${FUSE_BENCH_TOOLS:-"thaw thaw-dio thaw-img thaw-img4 s3fs rclone curl"}
 TTFB_RUNS=${FUSE_BENCH_TTFB_RUNS:-5}
-ROUNDS=${FUSE_BENCH_ROUNDS:-3}
+ROUNDS=${FUSE_BENCH_ROUNDS:-5}
 SERVER_COLD=${FUSE_BENCH_SERVER_COLD:-0}
 T=$(mktemp -d /tmp/thaw-bench-fuse.XXXXXX)
 M=$T/mnt
@@ -268,9 +270,12 @@ measure_curl() { # ROUND
 
 # Rounds, each tool once per round in turn: the host's speed drifts by tens of
 # percent over minutes here, and interleaving gives every tool the same drift.
+RUN_ORDER=""
+for w in thaw curl s3fs; do case " $WHO " in *" $w "*) RUN_ORDER="$RUN_ORDER $w" ;; esac; done
+for w in $WHO; do case " thaw curl s3fs " in *" $w "*) ;; *) RUN_ORDER="$RUN_ORDER $w" ;; esac; done
 round=1
 while [ $round -le "$ROUNDS" ]; do
-	for w in $WHO; do
+	for w in $RUN_ORDER; do
 		case $w in
 		curl) measure_curl $round ;;
 		thaw | thaw-img | thaw-img4 | thaw-dio | s3fs | rclone) measure "$w" $round ;;
