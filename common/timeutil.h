@@ -14,6 +14,10 @@ static inline uint64_t now_ns(void)
 
 static inline double now_s(void) { return (double)now_ns() / 1e9; }
 
+/* Whole milliseconds from now to due (both now_ns values), rounded up so a
+ * wait of that long reaches it; 0 once it has passed. */
+static inline uint64_t ms_until(uint64_t due, uint64_t now) { return due <= now ? 0 : (due - now + 999999) / 1000000; }
+
 /* Absolute CLOCK_REALTIME deadline ms from now, for pthread_cond_timedwait. */
 static inline struct timespec deadline_after_ms(uint64_t ms)
 {

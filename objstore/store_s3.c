@@ -1171,6 +1171,16 @@ static void attempt_outcome(struct s3 *x, struct req *r, CURLcode res)
 	 * the pool either way (finish/retry never touch it). */
 }
 
+/* A new attempt of r: on the loop (start_req) or a caller's thread. */
+static void attempt_begin(struct req *r)
+{
+	r->attempts++;
+	r->stalled = 0;
+	r->fd = CURL_SOCKET_BAD;
+	r->lowat = 0;
+	r->progress_ns = now_ns();
+}
+
 static void attempt_done(struct s3 *x, struct req *r, CURLcode res)
 {
 	if (r->lowat > 1) /* cut short: the connection may yet be kept */
@@ -1227,7 +1237,7 @@ static int setup_easy(struct s3 *x, struct req *r, CURL *e, uint64_t now)
 	reset_response(r);
 	r->up_pos = 0;
 	r->curlerr[0] = 0;
-	uint64_t left_ms = (r->deadline_ns - now + 999999) / 1000000;
+	uint64_t left_ms = ms_until(r->deadline_ns, now);
 	char h[200];
 
 	SETOPT(e, CURLOPT_URL, r->url);
@@ -1350,11 +1360,7 @@ static int start_req(struct s3 *x, struct req *r)
 			 curl_multi_strerror(mc));
 		return -1;
 	}
-	r->attempts++;
-	r->stalled = 0;
-	r->fd = CURL_SOCKET_BAD;
-	r->lowat = 0;
-	r->progress_ns = now_ns();
+	attempt_begin(r);
 	r->next = x->running;
 	x->running = r;
 	x->nrunning++;
@@ -1815,11 +1821,7 @@ static int s3_submit_here(struct store *s, struct store_op *op)
 		setup_failed(x, r, rc);
 		return 0;
 	}
-	r->attempts++;
-	r->stalled = 0;
-	r->fd = CURL_SOCKET_BAD;
-	r->lowat = 0;
-	r->progress_ns = now_ns();
+	attempt_begin(r);
 	CURLcode res = curl_easy_perform(e);
 	if (res == CURLE_ABORTED_BY_CALLBACK && r->stalled)
 		res = CURLE_OPERATION_TIMEDOUT;
@@ -1885,7 +1887,7 @@ static long check_stalls(struct s3 *x)
 	}
 	if (next == UINT64_MAX)
 		return POLL_MAX_MS;
-	return (long)((next - now + 999999) / 1000000);
+	return (long)ms_until(next, now);
 }
 
 static void cancel_req(struct req *r)
@@ -2033,16 +2035,10 @@ static void *loop_main(void *arg)
 		if (x->ready && x->nrunning < x->s->cfg.max_inflight)
 			wait_ms = 0;
 		uint64_t t = now_ns();
-		if (x->timers) {
-			long d = x->timers->wake_ns <= t ? 0 : (long)((x->timers->wake_ns - t + 999999) / 1000000);
-			if (d < wait_ms)
-				wait_ms = d;
-		}
-		if (x->curl_due_ns != UINT64_MAX) {
-			long d = x->curl_due_ns <= t ? 0 : (long)((x->curl_due_ns - t + 999999) / 1000000);
-			if (d < wait_ms)
-				wait_ms = d;
-		}
+		if (x->timers && (long)ms_until(x->timers->wake_ns, t) < wait_ms)
+			wait_ms = (long)ms_until(x->timers->wake_ns, t);
+		if (x->curl_due_ns != UINT64_MAX && (long)ms_until(x->curl_due_ns, t) < wait_ms)
+			wait_ms = (long)ms_until(x->curl_due_ns, t);
 		int n = epoll_wait(x->epfd, ev, LOOP_EVENTS, (int)wait_ms);
 		for (int i = 0; i < n; i++) {
 			if (ev[i].data.fd == x->wakefd) {
