@@ -17,6 +17,7 @@
 #include "../common/log.h"
 #include "../common/timeutil.h"
 #include "file.h"
+#include "promote.h"
 
 struct tfile *file_of(struct tnode *n)
 {
@@ -261,15 +262,22 @@ static int read_mixed(struct tfile *f, uint8_t *buf, size_t len, uint64_t off)
  * to end, once: if one is really held (an mmap, a long reader), later opens
  * do not wait again until it ends. */
 #define RELEASE_WAIT_MS 10
+/* How long an open waits for a promotion under way (promote.h). */
+#define PROMOTE_WAIT_MS 300
 
-/* A file read through FUSE's page cache in this mount stays there: the
- * kernel holds its bytes, and the cache's data file no longer does in
- * memory (drop_durable), so a passthrough open would read them again from
- * disk. */
+static int pt_possible(struct thawfs *fs, struct tfile *f, int writable)
+{
+	return !writable && !fs->o.rw && f->b && blob_size(f->b) && blob_complete_checked(f->b) &&
+	       (!f->ov || overlay_ndirty(f->ov) == 0) && __atomic_load_n(&fs->pt.on, __ATOMIC_ACQUIRE);
+}
+
+/* A file read through FUSE's page cache in this mount stays there until
+ * promoted: the kernel holds its bytes, and the cache's data file no longer
+ * does in memory (drop_durable), so a passthrough open would read them again
+ * from disk. */
 static int pt_eligible(struct thawfs *fs, struct tfile *f, int writable)
 {
-	return !writable && !fs->o.rw && !f->paged && f->b && blob_size(f->b) && blob_complete_checked(f->b) &&
-	       (!f->ov || overlay_ndirty(f->ov) == 0) && __atomic_load_n(&fs->pt.on, __ATOMIC_ACQUIRE);
+	return !f->paged && pt_possible(fs, f, writable);
 }
 
 int file_open_mode(struct thawfs *fs, struct tnode *n, int writable, int *direct)
@@ -277,13 +285,24 @@ int file_open_mode(struct thawfs *fs, struct tnode *n, int writable, int *direct
 	struct tfile *f = n->f; /* pinned by the caller */
 	int id = 0;
 	pthread_mutex_lock(&f->mu);
-	if (f->pt_opens == 0 && f->cached_opens > 0 && !f->cached_held && pt_eligible(fs, f, writable)) {
+	int promotable = f->paged && f->promote != PROMOTE_DONE && fs->pr && pt_possible(fs, f, writable);
+	if (f->pt_opens == 0 && f->cached_opens > 0 && !f->cached_held && (pt_eligible(fs, f, writable) || promotable)) {
 		struct timespec dl = deadline_after_ms(RELEASE_WAIT_MS);
 		while (f->cached_opens > 0 && f->pt_opens == 0)
 			if (pthread_cond_timedwait(&f->cached_cv, &f->mu, &dl) == ETIMEDOUT) {
 				f->cached_held = f->cached_opens > 0;
 				break;
 			}
+	}
+	/* The last close queued the file for passthrough: that is quick when
+	 * its bytes are in the data file's pages (a sequential read leaves them
+	 * there), so wait for it rather than open in cached mode and hold it
+	 * off until this open closes. */
+	if (f->cached_opens == 0 && f->promote == PROMOTE_QUEUED && promotable) {
+		struct timespec dl = deadline_after_ms(PROMOTE_WAIT_MS);
+		while (f->promote == PROMOTE_QUEUED && f->cached_opens == 0)
+			if (pthread_cond_timedwait(&f->cached_cv, &f->mu, &dl) == ETIMEDOUT)
+				break;
 	}
 	if (f->pt_opens > 0) {
 		id = f->pt_id;
@@ -330,8 +349,25 @@ void file_open_done(struct thawfs *fs, struct tnode *n, int pt_id)
 	} else if (--f->cached_opens == 0) {
 		f->cached_held = 0;
 		pthread_cond_broadcast(&f->cached_cv);
+		if (f->paged && f->promote == PROMOTE_NONE && fs->pr && pt_possible(fs, f, 0)) {
+			f->promote = PROMOTE_QUEUED;
+			promoter_add(fs->pr, n);
+		}
 	}
 	pthread_mutex_unlock(&f->mu);
+}
+
+int file_promote_done(struct thawfs *fs, struct tnode *n, int ok)
+{
+	struct tfile *f = n->f;
+	pthread_mutex_lock(&f->mu);
+	int flip = ok && f->cached_opens == 0 && pt_possible(fs, f, 0);
+	if (flip)
+		f->paged = 0;
+	f->promote = flip ? PROMOTE_DONE : PROMOTE_NONE;
+	pthread_cond_broadcast(&f->cached_cv); /* opens waiting for it */
+	pthread_mutex_unlock(&f->mu);
+	return flip;
 }
 
 /* Compare the derived cache data file with what the blob reads, once. */
@@ -345,6 +381,47 @@ static int check_data_fd(struct tfile *f, uint64_t off, size_t len)
 		return -1;
 	}
 	return 0;
+}
+
+/* A sequential stream through FUSE's page cache, on a mount that hands
+ * complete files over to passthrough (promote.h), keeps its bytes in the
+ * cache's data file, not in FUSE's page cache: the data file's pages are not
+ * marked served (so they are not dropped), and FUSE's are dropped behind the
+ * reader.  Each byte is still held once, and the file, once complete and
+ * closed, is opened for passthrough with its bytes already in memory.
+ * Random reads keep the other way round: FUSE's page cache holds what they
+ * read. */
+static int handoff(struct thawfs *fs, struct fhandle *h, uint64_t off)
+{
+	if (!fs->pr || fs->o.direct_io || !__atomic_load_n(&fs->pt.on, __ATOMIC_ACQUIRE))
+		return 0;
+	pthread_mutex_lock(&h->mu);
+	int seq = h->ra.reads > 1 || off == 0;
+	pthread_mutex_unlock(&h->mu);
+	return seq;
+}
+
+/* What a sequential reader left this far behind is dropped from FUSE's page
+ * cache, in steps of at least DROP_STEP: far enough that a reader going back
+ * a little, or the kernel's readahead, still finds it. */
+#define DROP_LAG (16u << 20)
+#define DROP_STEP (32u << 20)
+
+static void drop_behind(struct thawfs *fs, struct fhandle *h)
+{
+	uint64_t from = 0, to = 0;
+	pthread_mutex_lock(&h->mu);
+	if (h->ra.next >= h->dropped + DROP_LAG + DROP_STEP) {
+		from = h->dropped;
+		to = h->ra.next - DROP_LAG;
+		h->dropped = to;
+	}
+	pthread_mutex_unlock(&h->mu);
+	if (to > from) {
+		int e = fuse_lowlevel_notify_inval_inode(fs->se, (fuse_ino_t)h->n->ino, (off_t)from, (off_t)(to - from));
+		if (e < 0 && e != -ENOENT)
+			log_debug("%s: cannot drop pages behind the reader: %s", h->n->key, strerror(-e));
+	}
 }
 
 void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size, uint64_t off)
@@ -412,8 +489,12 @@ void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size
 			 * and taking them out of the data file's page cache; it
 			 * copies anyway.  Without the attempt a cold 1 GiB read ran
 			 * 400-460 MB/s against 389-463, 7 of 8 pairs faster. */
-			if (fuse_reply_data(req, &bv, 0) == 0)
-				blob_served(b, off, size);
+			if (fuse_reply_data(req, &bv, 0) == 0) {
+				if (handoff(fs, h, off))
+					drop_behind(fs, h);
+				else
+					blob_served(b, off, size);
+			}
 			return;
 		}
 	}

@@ -31,7 +31,9 @@ struct tfile {
 	int pt_opens, cached_opens;
 	pthread_cond_t cached_cv;  /* signalled when cached_opens drops to 0 */
 	int cached_held;        /* a wait for cached opens to end timed out: do not wait again until they do */
-	int paged;              /* opened through FUSE's page cache in this mount: never passthrough */
+	int paged;              /* opened through FUSE's page cache in this mount: no passthrough
+	                         * until promoted (promote.c) */
+	int promote;            /* PROMOTE_* */
 	uint64_t pt_total;      /* opens answered with passthrough, ever */
 	uint64_t reads;         /* READ requests answered (atomic) */
 	/* The ETag of the version whose cache a closed blob of this file had
@@ -49,6 +51,8 @@ struct tfile {
 	uint64_t last_log_ns, quiet; /* log at most one error a second per file */
 };
 
+enum { PROMOTE_NONE, PROMOTE_QUEUED, PROMOTE_DONE };
+
 /* One open() of a file. */
 struct fhandle {
 	struct tnode *n;
@@ -56,6 +60,7 @@ struct fhandle {
 	struct ra ra;
 	int writable;
 	int pt_id;              /* > 0: opened for passthrough (no READ comes) */
+	uint64_t dropped;       /* FUSE's page cache dropped below this (drop_behind) */
 };
 
 /* The file state of n (created on first use), or NULL if out of memory. */
@@ -80,11 +85,17 @@ void file_note_error(struct tnode *n, const char *what, const char *msg);
  * or 0 for reads through this process, with *direct set for one that
  * bypasses FUSE's page cache (--direct-io).  Passthrough needs the whole
  * file checked in the cache, nothing written over it, no open of it in the
- * other mode, no open of it through the page cache earlier in this mount,
- * and a read-only open of a read-only mount.  Every call is matched by one
- * file_open_done with what it returned. */
+ * other mode, no open of it through the page cache earlier in this mount
+ * unless promoted since (promote.h), and a read-only open of a read-only
+ * mount.  Every call is matched by one file_open_done with what it returned;
+ * the last cached open of such a complete file to close queues it for
+ * promotion. */
 int file_open_mode(struct thawfs *fs, struct tnode *n, int writable, int *direct);
 void file_open_done(struct thawfs *fs, struct tnode *n, int pt_id);
+/* The promoter's end of a promotion: with ok, and no cached open held now,
+ * later opens may go passthrough (returns 1); otherwise the file stays
+ * cached and its next last cached close queues it again (returns 0). */
+int file_promote_done(struct thawfs *fs, struct tnode *n, int ok);
 
 /* Answer a FUSE read / write / fsync on an open handle (replies itself). */
 void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size, uint64_t off);

@@ -1,6 +1,6 @@
 /* fs.h - the state of one thaw mount, shared by the parts of fusefs/:
  * ops.c (the FUSE requests), file.c (per-file blob and overlay), tree.c (the
- * namespace), hydrator.c, ctl.c and status.c (the control channel), mount.c
+ * namespace), hydrator.c, promote.c, ctl.c and status.c (the control channel), mount.c
  * (setting it all up and tearing it down). */
 #ifndef THAW_FUSEFS_FS_H
 #define THAW_FUSEFS_FS_H
@@ -16,6 +16,7 @@
 #include "tree.h"
 
 struct hydrator;
+struct promoter;
 struct ctl_server;
 
 struct thawfs {
@@ -33,6 +34,7 @@ struct thawfs {
 	struct blob_opts bo;      /* every file's blob opens with these */
 	struct fuse_session *se;
 	struct hydrator *hy;
+	struct promoter *pr;      /* complete files read through the page cache -> passthrough */
 	struct ctl_server *ctl;
 
 	uid_t uid;

@@ -23,6 +23,7 @@
 #include "ctl.h"
 #include "file.h"
 #include "hydrator.h"
+#include "promote.h"
 #include "status.h"
 #include "../common/fsutil.h"
 
@@ -467,6 +468,10 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		fs->pt.want = fs->pt.dio_want = 0;
 		rc = 0;
 	}
+	if (rc == 0 && fs->pt.want && promoter_start(fs, &fs->pr) < 0) {
+		log_warn("%s; files read through the page cache stay in cached mode", err_msg());
+		fs->pr = NULL;
+	}
 	if (rc == 0 && fs->o.kernel_readahead_kb)
 		raise_kernel_readahead(fs->mnt_abs, fs->o.kernel_readahead_kb);
 	if (rc == 0 && pthread_create(&fs->ticker, NULL, ticker_main, fs) == 0)
@@ -514,6 +519,8 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 	 * new mount of the same mountpoint can take the socket at once. */
 	ctl_server_stop(fs->ctl);
 	fs->ctl = NULL;
+	promoter_stop(fs->pr); /* it tells the session to drop pages */
+	fs->pr = NULL;
 	if (fs->se) {
 		fuse_remove_signal_handlers(fs->se);
 		if (mounted)

@@ -6,9 +6,10 @@
 # read(2) agree with the source.  By default the page cache stays in front
 # (what is read is resident), and --rw ignores the flag.  Either way a byte
 # read is held in memory once: with --direct-io in the cache's data file
-# (resident), by default in FUSE's page cache (the data file's pages are
-# dropped once durable and read, so a slow reader trailing the fetch reads
-# nothing back from disk).
+# (resident); without passthrough in FUSE's page cache (the data file's
+# pages are dropped once durable and read, so a slow reader trailing the
+# fetch reads nothing back from disk); with it, a sequential read's in the
+# data file (FUSE's copy is dropped behind the reader).
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/../fuse_lib.sh"
 
@@ -109,8 +110,10 @@ cmp "$T/src/disk" "$M/disk.img" || fail "disk.img differs"
 unmount
 
 # By default a re-read of an incomplete file comes from the page cache.
+# Without passthrough, what is read whole is then held there only: the
+# data file's pages go.
 rm -rf "$C"
-"$THAW" mount "file://$S/" "$M" --cache "$C" || fail "mount"
+"$THAW" mount "file://$S/" "$M" --cache "$C" --no-passthrough || fail "mount"
 exec 3<"$M/plain.bin"
 set -- $(read_twice plain.bin "$T/plain.mib1")
 [ "$2" = 256 ] || fail "default mount: $2 of 256 pages read are in the page cache"
@@ -119,14 +122,27 @@ cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs (default mount)"
 wait_dropped "default mount"
 unmount
 
+# With passthrough (root), a sequential read leaves the bytes in the data
+# file instead, and the file, complete and closed, is handed over to
+# passthrough (test_fuse_passthrough checks the hand-over itself).
+if [ "$(id -u)" = 0 ]; then
+	rm -rf "$C"
+	"$THAW" mount "file://$S/" "$M" --cache "$C" || fail "mount"
+	cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs (passthrough mount)"
+	sleep 0.5
+	d=$(data_of); [ -n "$d" ] || fail "no cache data file for plain.bin"
+	[ "$(resident "$d")" -ge $((19 << 20)) ] || fail "passthrough mount: a sequential read's bytes left the data file ($(resident "$d") bytes resident)"
+	unmount
+fi
+
 # A reader slower than the fetch: the readahead window runs ahead of it and
 # the flusher makes that durable (within ~200 ms) before the reader gets
-# there.  Those pages stay until read, and go once read, so the daemon reads
-# nothing back from disk (its read_bytes counts the storage reads it causes;
-# the store's file is in the page cache).
+# there.  Without passthrough those pages stay until read, and go once read,
+# so the daemon reads nothing back from disk (its read_bytes counts the
+# storage reads it causes; the store's file is in the page cache).
 rm -rf "$C"
 cat "$S/plain.bin" >/dev/null
-"$THAW" mount "file://$S/" "$M" --cache "$C" || fail "mount (slow reader)"
+"$THAW" mount "file://$S/" "$M" --cache "$C" --no-passthrough || fail "mount (slow reader)"
 pid=$(py "s['pid']")
 io_read() { awk '$1 == "read_bytes:" { print $2 }' "/proc/$pid/io"; }
 rb0=$(io_read)

@@ -2,9 +2,10 @@
 # FUSE's page cache earlier in the mount, is read by the kernel from the
 # cache's data file (FUSE passthrough), with no READ reaching the daemon:
 # checked by dropping the page cache and reading again, which a cached-mode
-# open would have to ask the daemon for.  A file read through the page cache
-# stays in that mode for the mount (its bytes are there, and no longer in
-# the data file's pages); a cached open still held keeps new opens cached; a
+# open would have to ask the daemon for.  A complete file read through the
+# page cache is handed over to passthrough once its last cached open closes
+# (a sequential reader leaves its bytes in the data file's pages, and FUSE's
+# are dropped behind it); a cached open still held keeps new opens cached; a
 # passthrough open keeps new ones passthrough; mmap works, an image's zero
 # chunks read as zeros, chunks reused from the cache after a remount are
 # checked (a corrupt one fetched again) before passthrough is used, and
@@ -27,6 +28,7 @@ pt_read() {
 }
 
 head -c $((20 << 20)) /dev/urandom >"$S/plain.bin"
+head -c $((64 << 20)) /dev/urandom >"$S/seq.bin"
 make_mixed "$T/src/disk" $((6 * 1048576 + 4321))  # zero chunks and repeats
 "$THAW" push "$T/src/disk" "file://$S/disk.img" >/dev/null || fail "push"
 
@@ -42,20 +44,37 @@ cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs (cached mode)"
 exec 3<&-
 sleep 0.2 # the release reaches the daemon after close(2) returns
 
-# Complete, nothing else open, but read through the page cache in this
-# mount: still cached, so READs reach the daemon once those pages are gone.
+# Complete, read through the page cache, and its last cached open closed:
+# handed over to passthrough (promote.h), so the next open is passthrough
+# and no READ reaches the daemon, even with the page cache dropped.
 drop_pages
-r0=$(file_field plain.bin reads)
-cmp "$S/plain.bin" "$M/plain.bin" || fail "plain.bin differs on a re-read"
-[ "$(file_field plain.bin passthrough_total)" = 0 ] || fail "a file read through the page cache in this mount was opened for passthrough"
-[ "$(file_field plain.bin reads)" -gt "$r0" ] || fail "no READ reached the daemon after dropping the page cache"
+pt_read 1 "after the file read through the page cache was handed over"
 cmp "$T/src/disk" "$M/disk.img" || fail "disk.img differs (cached mode)"
+
+# A sequential reader in cached mode leaves the bytes in the cache's data
+# file and FUSE's page cache is dropped behind it (16-48 MiB back), so a
+# 64 MiB file is in memory once; closed, the file is passthrough at once.
+exec 3<"$M/seq.bin"
+cat <&3 >/dev/null
+fuse_res=$(fincore -b -n -o RES "$M/seq.bin")
+data=$(find "$C" -type f -size $((64 << 20))c | head -1)
+[ -n "$data" ] || fail "no cache data file for seq.bin"
+data_res=$(fincore -b -n -o RES "$data")
+[ "$fuse_res" -le $((48 << 20)) ] || fail "FUSE's page cache kept $fuse_res bytes behind a sequential reader"
+[ "$data_res" -ge $((62 << 20)) ] || fail "the data file kept $data_res bytes of a sequential read in memory"
+[ "$(file_field seq.bin passthrough_total)" = 0 ] || fail "seq.bin was passthrough while incomplete"
+exec 3<&-
+sleep 0.2
+r0=$(file_field seq.bin reads)
+cmp "$S/seq.bin" "$M/seq.bin" || fail "seq.bin differs after its hand-over"
+[ "$(file_field seq.bin passthrough_total)" = 1 ] || fail "seq.bin was not handed over to passthrough"
+[ "$(file_field seq.bin reads)" = "$r0" ] || fail "READs reached the daemon for seq.bin after its hand-over"
 unmount
 
 # Remount: every chunk comes from the cache unchecked, so the first open is
 # cached and checks what it reads; a chunk corrupted meanwhile is fetched
 # again.
-data=$(find "$C" -type f -size +19M | head -1)
+data=$(find "$C" -type f -size $((20 << 20))c | head -1)
 [ -n "$data" ] || fail "no cache data file for plain.bin"
 printf 'XXXXXXXX' | dd of="$data" bs=1 seek=$((5 << 20)) conv=notrunc 2>/dev/null
 "$THAW" mount "file://$S/" "$M" --cache "$C" || fail "remount"
@@ -68,7 +87,7 @@ unmount
 # chunk reused from the cache, so the first open is already passthrough.
 "$THAW" mount "file://$S/" "$M" --cache "$C" --hydrate || fail "remount --hydrate"
 i=0
-until [ "$(py "s['hydrator']['done']")" = 2 ]; do
+until [ "$(py "s['hydrator']['done']")" = 3 ]; do
 	i=$((i + 1)); [ $i -lt 300 ] || fail "not hydrated in 30 s: $(py "s['hydrator']")"
 	sleep 0.1
 done
