@@ -417,7 +417,17 @@ static void drop_behind(struct thawfs *fs, struct fhandle *h)
 		h->dropped = to;
 	}
 	pthread_mutex_unlock(&h->mu);
+	/* The kernel waits for each page it drops to be unlocked, and a page is
+	 * locked while a READ for it is pending: one that no thread will answer
+	 * once the session is stopping.  With this the only open, the pages
+	 * behind the reader have no READ pending (an mmap holds an open). */
 	if (to > from) {
+		struct tfile *f = h->n->f;
+		pthread_mutex_lock(&f->mu);
+		int alone = f->cached_opens == 1;
+		pthread_mutex_unlock(&f->mu);
+		if (!alone)
+			return;
 		int e = fuse_lowlevel_notify_inval_inode(fs->se, (fuse_ino_t)h->n->ino, (off_t)from, (off_t)(to - from));
 		if (e < 0 && e != -ENOENT)
 			log_debug("%s: cannot drop pages behind the reader: %s", h->n->key, strerror(-e));
