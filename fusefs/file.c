@@ -272,9 +272,9 @@ static int pt_possible(struct thawfs *fs, struct tfile *f, int writable)
 }
 
 /* A file read through FUSE's page cache in this mount stays there until
- * promoted: the kernel holds its bytes, and the cache's data file no longer
- * does in memory (drop_durable), so a passthrough open would read them again
- * from disk. */
+ * promoted: the kernel may hold its bytes there and not in the cache's data
+ * file (drop_durable), and a passthrough open would read them again from
+ * disk; promote.c first makes sure the data file holds them in memory. */
 static int pt_eligible(struct thawfs *fs, struct tfile *f, int writable)
 {
 	return !f->paged && pt_possible(fs, f, writable);
