@@ -351,7 +351,10 @@ void file_open_done(struct thawfs *fs, struct tnode *n, int pt_id)
 		pthread_cond_broadcast(&f->cached_cv);
 		if (f->paged && f->promote == PROMOTE_NONE && fs->pr && pt_possible(fs, f, 0)) {
 			f->promote = PROMOTE_QUEUED;
-			promoter_add(fs->pr, n);
+			if (promoter_add(fs->pr, n) < 0) {
+				f->promote = PROMOTE_NONE; /* stays cached; tried again at its next close */
+				log_warn("%s", err_msg());
+			}
 		}
 	}
 	pthread_mutex_unlock(&f->mu);
@@ -390,48 +393,55 @@ static int check_data_fd(struct tfile *f, uint64_t off, size_t len)
  * reader.  Each byte is still held once, and the file, once complete and
  * closed, is opened for passthrough with its bytes already in memory.
  * Random reads keep the other way round: FUSE's page cache holds what they
- * read. */
-static int handoff(struct thawfs *fs, struct fhandle *h, uint64_t off)
+ * read.  Returns whether this read is such a stream's, and in [*from, *to)
+ * what to drop (empty if nothing yet): decided before the reply, after which
+ * the handle may be released and freed at any time. */
+#define DROP_LAG (16u << 20)  /* what a reader left this far behind is dropped, */
+#define DROP_STEP (32u << 20) /* in steps of at least this: a reader going back a
+                               * little, or the kernel's readahead, still finds it */
+
+static int handoff(struct thawfs *fs, struct fhandle *h, uint64_t off, uint64_t *from, uint64_t *to)
 {
+	*from = *to = 0;
 	if (!fs->pr || fs->o.direct_io || !__atomic_load_n(&fs->pt.on, __ATOMIC_ACQUIRE))
 		return 0;
 	pthread_mutex_lock(&h->mu);
 	int seq = h->ra.reads > 1 || off == 0;
+	if (seq && h->ra.next >= h->dropped + DROP_LAG + DROP_STEP) {
+		*from = h->dropped;
+		*to = h->ra.next - DROP_LAG;
+		h->dropped = *to;
+	}
 	pthread_mutex_unlock(&h->mu);
 	return seq;
 }
 
-/* What a sequential reader left this far behind is dropped from FUSE's page
- * cache, in steps of at least DROP_STEP: far enough that a reader going back
- * a little, or the kernel's readahead, still finds it. */
-#define DROP_LAG (16u << 20)
-#define DROP_STEP (32u << 20)
-
-static void drop_behind(struct thawfs *fs, struct fhandle *h)
+/* Drop [from, to) of n from FUSE's page cache.  The kernel waits for each
+ * page it drops to be unlocked, and a page is locked while a READ for it is
+ * pending: one that no thread will answer once the session is stopping.  So
+ * only while one cached open is left (the reader's own: the pages behind it
+ * have no READ pending, and an mmap holds an open). */
+static void drop_behind(struct thawfs *fs, struct tnode *n, uint64_t from, uint64_t to)
 {
-	uint64_t from = 0, to = 0;
-	pthread_mutex_lock(&h->mu);
-	if (h->ra.next >= h->dropped + DROP_LAG + DROP_STEP) {
-		from = h->dropped;
-		to = h->ra.next - DROP_LAG;
-		h->dropped = to;
-	}
-	pthread_mutex_unlock(&h->mu);
-	/* The kernel waits for each page it drops to be unlocked, and a page is
-	 * locked while a READ for it is pending: one that no thread will answer
-	 * once the session is stopping.  With this the only open, the pages
-	 * behind the reader have no READ pending (an mmap holds an open). */
-	if (to > from) {
-		struct tfile *f = h->n->f;
-		pthread_mutex_lock(&f->mu);
-		int alone = f->cached_opens == 1;
-		pthread_mutex_unlock(&f->mu);
-		if (!alone)
-			return;
-		int e = fuse_lowlevel_notify_inval_inode(fs->se, (fuse_ino_t)h->n->ino, (off_t)from, (off_t)(to - from));
-		if (e < 0 && e != -ENOENT)
-			log_debug("%s: cannot drop pages behind the reader: %s", h->n->key, strerror(-e));
-	}
+	struct tfile *f = n->f;
+	pthread_mutex_lock(&f->mu);
+	int alone = f->cached_opens == 1;
+	pthread_mutex_unlock(&f->mu);
+	if (!alone)
+		return;
+	int e = fuse_lowlevel_notify_inval_inode(fs->se, (fuse_ino_t)n->ino, (off_t)from, (off_t)(to - from));
+	if (e < 0 && e != -ENOENT)
+		log_debug("%s: cannot drop pages behind the reader: %s", n->key, strerror(-e));
+}
+
+/* Once a reply is sent the handle may be released and, the kernel having
+ * forgotten the inode, the blob closed: a pin keeps the blob for what comes
+ * after the reply. */
+static void hold(struct tfile *f)
+{
+	pthread_mutex_lock(&f->mu);
+	f->users++;
+	pthread_mutex_unlock(&f->mu);
 }
 
 void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size, uint64_t off)
@@ -499,12 +509,17 @@ void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size
 			 * and taking them out of the data file's page cache; it
 			 * copies anyway.  Without the attempt a cold 1 GiB read ran
 			 * 400-460 MB/s against 389-463, 7 of 8 pairs faster. */
+			uint64_t from, to;
+			struct tnode *n = h->n; /* the tree's: outlives the handle */
+			int ho = handoff(fs, h, off, &from, &to);
+			hold(f);
 			if (fuse_reply_data(req, &bv, 0) == 0) {
-				if (handoff(fs, h, off))
-					drop_behind(fs, h);
-				else
+				if (!ho)
 					blob_served(b, off, size);
+				else if (to > from)
+					drop_behind(fs, n, from, to);
 			}
+			file_unpin(fs, n);
 			return;
 		}
 	}
@@ -524,8 +539,11 @@ void file_read(struct thawfs *fs, struct fhandle *h, fuse_req_t req, size_t size
 		fuse_reply_err(req, rc == -ENOMEM ? ENOMEM : EIO);
 		return;
 	}
+	struct tnode *n = h->n;
+	hold(f);
 	if (fuse_reply_buf(req, (const char *)buf, size) == 0 && !mixed)
 		blob_served(b, off, size);
+	file_unpin(fs, n);
 }
 
 void file_write(struct thawfs *fs, struct fhandle *h, fuse_req_t req, const char *buf, size_t size,

@@ -25,8 +25,8 @@ struct promoter {
 	pthread_t thread;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	struct tnode **q;
-	size_t n, cap;
+	struct tnode **q;       /* queued files: q[head..tail) */
+	size_t head, tail, cap;
 	uint8_t *buf;           /* BUF bytes that reads back land in */
 	int stop;
 };
@@ -160,12 +160,12 @@ static void *promoter_main(void *arg)
 	struct promoter *p = arg;
 	pthread_mutex_lock(&p->mu);
 	while (!p->stop) {
-		if (!p->n) {
+		if (p->head == p->tail) {
+			p->head = p->tail = 0;
 			pthread_cond_wait(&p->cv, &p->mu);
 			continue;
 		}
-		struct tnode *n = p->q[0];
-		memmove(p->q, p->q + 1, --p->n * sizeof *p->q);
+		struct tnode *n = p->q[p->head++];
 		pthread_mutex_unlock(&p->mu);
 		promote(p, n);
 		pthread_mutex_lock(&p->mu);
@@ -174,24 +174,28 @@ static void *promoter_main(void *arg)
 	return NULL;
 }
 
-void promoter_add(struct promoter *p, struct tnode *n)
+int promoter_add(struct promoter *p, struct tnode *n)
 {
 	pthread_mutex_lock(&p->mu);
-	if (p->n == p->cap) {
+	if (p->tail == p->cap && p->head) {
+		memmove(p->q, p->q + p->head, (p->tail - p->head) * sizeof *p->q);
+		p->tail -= p->head;
+		p->head = 0;
+	}
+	if (p->tail == p->cap) {
 		size_t nc = p->cap ? p->cap * 2 : 16;
 		struct tnode **nq = realloc(p->q, nc * sizeof *nq);
 		if (!nq) {
 			pthread_mutex_unlock(&p->mu);
-			/* Not queued: the file stays in cached mode, as it would without us. */
-			log_warn("%s: out of memory queueing it for passthrough", n->key);
-			return;
+			return err_set(ENOMEM, "out of memory queueing %s for passthrough", n->key);
 		}
 		p->q = nq;
 		p->cap = nc;
 	}
-	p->q[p->n++] = n;
+	p->q[p->tail++] = n;
 	pthread_cond_signal(&p->cv);
 	pthread_mutex_unlock(&p->mu);
+	return 0;
 }
 
 int promoter_start(struct thawfs *fs, struct promoter **out)

@@ -22,9 +22,10 @@
 #include "fs.h"
 
 int promoter_start(struct thawfs *fs, struct promoter **out);
-/* Queue n (its tfile's promote state already set to PROMOTE_QUEUED by the
- * caller, under f->mu).  Never blocks on the file. */
-void promoter_add(struct promoter *p, struct tnode *n);
+/* Queue n (its tfile's promote state set to PROMOTE_QUEUED by the caller,
+ * under f->mu, and set back if this fails); 0 or <0 + err_msg.  Takes only
+ * the promoter's own lock. */
+int promoter_add(struct promoter *p, struct tnode *n);
 /* Stop and join; a promotion under way stops between pieces. */
 void promoter_stop(struct promoter *p);
 
