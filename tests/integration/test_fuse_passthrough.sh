@@ -5,7 +5,8 @@
 # open would have to ask the daemon for.  A complete file read through the
 # page cache is handed over to passthrough once its last cached open closes
 # (a sequential reader leaves its bytes in the data file's pages, and FUSE's
-# are dropped behind it); a cached open still held keeps new opens cached; a
+# are dropped behind it; after random reads the data file is read back from
+# disk first); a cached open still held keeps new opens cached; a
 # passthrough open keeps new ones passthrough; mmap works, an image's zero
 # chunks read as zeros, chunks reused from the cache after a remount are
 # checked (a corrupt one fetched again) before passthrough is used, and
@@ -29,6 +30,7 @@ pt_read() {
 
 head -c $((20 << 20)) /dev/urandom >"$S/plain.bin"
 head -c $((64 << 20)) /dev/urandom >"$S/seq.bin"
+head -c $((48 << 20)) /dev/urandom >"$S/rnd.bin"
 make_mixed "$T/src/disk" $((6 * 1048576 + 4321))  # zero chunks and repeats
 "$THAW" push "$T/src/disk" "file://$S/disk.img" >/dev/null || fail "push"
 
@@ -69,6 +71,41 @@ r0=$(file_field seq.bin reads)
 cmp "$S/seq.bin" "$M/seq.bin" || fail "seq.bin differs after its hand-over"
 [ "$(file_field seq.bin passthrough_total)" = 1 ] || fail "seq.bin was not handed over to passthrough"
 [ "$(file_field seq.bin reads)" = "$r0" ] || fail "READs reached the daemon for seq.bin after its hand-over"
+
+# Read whole in an order where no read is within the readahead's 4 MiB
+# slack of the one before (97 blocks of 64 KiB on, modulo 768), a file's
+# bytes are in FUSE's page cache and the data file's pages go once durable;
+# closed, the promoter reads them back from disk before the hand-over.
+python3 - "$M/rnd.bin" "$S/rnd.bin" "$T/rnd.fifo" <<'PY' &
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+want = open(sys.argv[2], 'rb').read()
+n = len(want) // (64 << 10)
+offs = [(k * 97 % n) * (64 << 10) for k in range(n)]
+for o in offs:
+    assert os.pread(fd, 64 << 10, o) == want[o:o + (64 << 10)], "rnd.bin differs at %d" % o
+os.mkfifo(sys.argv[3])
+open(sys.argv[3]).read()  # held open until the shell has looked
+PY
+pid=$!
+i=0; until [ -p "$T/rnd.fifo" ]; do i=$((i + 1)); [ $i -lt 300 ] || fail "random reader stuck"; sleep 0.1; done
+sleep 0.6 # the flusher makes the chunks durable, and they are dropped
+rdata=$(find "$C" -type f -size $((48 << 20))c | head -1)
+[ -n "$rdata" ] || fail "no cache data file for rnd.bin"
+rres=$(fincore -b -n -o RES "$rdata")
+[ "$rres" -le $((8 << 20)) ] || fail "the data file kept $rres bytes of random reads that FUSE's page cache holds"
+: >"$T/rnd.fifo"
+wait $pid || fail "random reads of rnd.bin"
+i=0
+until [ "$(fincore -b -n -o RES "$rdata")" -ge $((46 << 20)) ]; do
+	i=$((i + 1)); [ $i -lt 50 ] || fail "the promoter did not read rnd.bin's data file back ($(fincore -b -n -o RES "$rdata") bytes resident)"
+	sleep 0.1
+done
+r0=$(file_field rnd.bin reads)
+cmp "$S/rnd.bin" "$M/rnd.bin" || fail "rnd.bin differs after its hand-over"
+[ "$(file_field rnd.bin passthrough_total)" = 1 ] || fail "rnd.bin was not handed over to passthrough"
+[ "$(file_field rnd.bin reads)" = "$r0" ] || fail "READs reached the daemon for rnd.bin after its hand-over"
 unmount
 
 # Remount: every chunk comes from the cache unchecked, so the first open is
@@ -87,7 +124,7 @@ unmount
 # chunk reused from the cache, so the first open is already passthrough.
 "$THAW" mount "file://$S/" "$M" --cache "$C" --hydrate || fail "remount --hydrate"
 i=0
-until [ "$(py "s['hydrator']['done']")" = 3 ]; do
+until [ "$(py "s['hydrator']['done']")" = 4 ]; do
 	i=$((i + 1)); [ $i -lt 300 ] || fail "not hydrated in 30 s: $(py "s['hydrator']")"
 	sleep 0.1
 done
