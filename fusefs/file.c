@@ -285,8 +285,9 @@ int file_open_mode(struct thawfs *fs, struct tnode *n, int writable, int *direct
 	struct tfile *f = n->f; /* pinned by the caller */
 	int id = 0;
 	pthread_mutex_lock(&f->mu);
-	int promotable = f->paged && f->promote != PROMOTE_DONE && fs->pr && pt_possible(fs, f, writable);
-	if (f->pt_opens == 0 && f->cached_opens > 0 && !f->cached_held && (pt_eligible(fs, f, writable) || promotable)) {
+	int possible = pt_possible(fs, f, writable);
+	int promotable = possible && f->paged && f->promote != PROMOTE_DONE && fs->pr;
+	if (f->pt_opens == 0 && f->cached_opens > 0 && !f->cached_held && possible && (!f->paged || promotable)) {
 		struct timespec dl = deadline_after_ms(RELEASE_WAIT_MS);
 		while (f->cached_opens > 0 && f->pt_opens == 0)
 			if (pthread_cond_timedwait(&f->cached_cv, &f->mu, &dl) == ETIMEDOUT) {

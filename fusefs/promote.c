@@ -10,6 +10,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "../common/fsutil.h"
 #include "../common/log.h"
 #include "../common/timeutil.h"
 #include "file.h"
@@ -63,19 +64,15 @@ static uint64_t cached_bytes(int fd, uint64_t off, uint64_t len)
 	return cs.nr_cache * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
-/* Read [d, h) of fd through the CPU; 0 or <0 + err_msg. */
+/* Read [d, h) of fd through the CPU; 0 or <0 + err_msg.  (The data file is
+ * as long as the object, so no read here meets its end.) */
 static int read_range(struct promoter *p, int fd, off_t d, off_t h, const char *key)
 {
-	while (d < h) {
-		size_t want = (uint64_t)(h - d) < BUF ? (size_t)(h - d) : BUF;
-		ssize_t got = pread(fd, p->buf, want, d);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got < 0)
-			return err_set(errno, "%s: read the cache data file back: %s", key, strerror(errno));
-		if (got == 0)
-			return 0; /* the file is shorter than its listing said */
-		d += got;
+	for (size_t want; d < h; d += (off_t)want) {
+		want = (uint64_t)(h - d) < BUF ? (size_t)(h - d) : BUF;
+		int rc = fsu_pread_full(fd, p->buf, want, (uint64_t)d);
+		if (rc < 0)
+			return err_set(-rc, "%s: read the cache data file back: %s", key, strerror(-rc));
 	}
 	return 0;
 }

@@ -2035,10 +2035,12 @@ static void *loop_main(void *arg)
 		if (x->ready && x->nrunning < x->s->cfg.max_inflight)
 			wait_ms = 0;
 		uint64_t t = now_ns();
-		if (x->timers && (long)ms_until(x->timers->wake_ns, t) < wait_ms)
-			wait_ms = (long)ms_until(x->timers->wake_ns, t);
-		if (x->curl_due_ns != UINT64_MAX && (long)ms_until(x->curl_due_ns, t) < wait_ms)
-			wait_ms = (long)ms_until(x->curl_due_ns, t);
+		uint64_t due = x->timers ? x->timers->wake_ns : UINT64_MAX;
+		if (x->curl_due_ns < due)
+			due = x->curl_due_ns;
+		long d = due == UINT64_MAX ? wait_ms : (long)ms_until(due, t);
+		if (d < wait_ms)
+			wait_ms = d;
 		int n = epoll_wait(x->epfd, ev, LOOP_EVENTS, (int)wait_ms);
 		for (int i = 0; i < n; i++) {
 			if (ev[i].data.fd == x->wakefd) {
