@@ -6,7 +6,14 @@
  * then waits, so the fetches overlap.  Once the bytes are in the persistent
  * cache the reply hands libfuse the cache's file descriptor and offset, and
  * libfuse splices them to the kernel without a copy through this process.
- * Chunks written under --rw come from the overlay instead. */
+ * Chunks written under --rw come from the overlay instead.
+ *
+ * A blob opened by a lookup stays open while the kernel remembers the file,
+ * and each holds three file descriptors (five with an overlay): `ls -l` of a
+ * directory of a few hundred files would use up a default limit of 1024.
+ * So open blobs are bounded (fs->blob_cap, from the limit): past the bound,
+ * opening one closes the least recently used blob that nobody holds.  Its
+ * file keeps its size, and its next lookup or open opens the blob again. */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +56,12 @@ uint64_t file_size(struct tnode *n)
 	return f ? __atomic_load_n(&f->size, __ATOMIC_RELAXED) : n->list_size;
 }
 
+int file_size_known(struct tnode *n)
+{
+	struct tfile *f = __atomic_load_n(&n->f, __ATOMIC_ACQUIRE);
+	return f && __atomic_load_n(&f->size_known, __ATOMIC_ACQUIRE);
+}
+
 void file_note_error(struct tnode *n, const char *what, const char *msg)
 {
 	struct tfile *f = file_of(n);
@@ -79,9 +92,63 @@ static int open_cache_data(struct blob *b)
 	return fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
 }
 
+/* --- the idle list: files whose blob is open and held by nobody ---
+ * Lock order: a file's mu, then fs->idle_mu; a second file's mu is only
+ * ever tried (evict_idle), never waited for. */
+
+static void idle_unlink(struct thawfs *fs, struct tfile *f)
+{
+	if (!f->on_idle)
+		return;
+	*(f->idle_prev ? &f->idle_prev->idle_next : &fs->idle_head) = f->idle_next;
+	*(f->idle_next ? &f->idle_next->idle_prev : &fs->idle_tail) = f->idle_prev;
+	f->idle_prev = f->idle_next = NULL;
+	f->on_idle = 0;
+}
+
+/* With f->mu held: f goes to (or moves to) the young end if idle, else off. */
+static void idle_update(struct thawfs *fs, struct tfile *f)
+{
+	pthread_mutex_lock(&fs->idle_mu);
+	idle_unlink(fs, f);
+	if (f->b && !f->users) {
+		f->idle_prev = fs->idle_tail;
+		*(fs->idle_tail ? &fs->idle_tail->idle_next : &fs->idle_head) = f;
+		fs->idle_tail = f;
+		f->on_idle = 1;
+	}
+	pthread_mutex_unlock(&fs->idle_mu);
+}
+
+static void close_blob(struct thawfs *fs, struct tfile *f);
+
+/* Before self (whose mu is held) opens a blob: close idle ones until there
+ * is room.  One whose mu is taken (being opened, read for status, closed)
+ * is passed over; with none to close, the open goes ahead and may fail
+ * with EMFILE, which its reader sees as an error naming the file. */
+static void evict_idle(struct thawfs *fs, struct tfile *self)
+{
+	while (__atomic_load_n(&fs->nblobs, __ATOMIC_RELAXED) >= fs->blob_cap) {
+		struct tfile *v;
+		pthread_mutex_lock(&fs->idle_mu);
+		for (v = fs->idle_head; v; v = v->idle_next)
+			if (v != self && pthread_mutex_trylock(&v->mu) == 0)
+				break;
+		if (v)
+			idle_unlink(fs, v);
+		pthread_mutex_unlock(&fs->idle_mu);
+		if (!v)
+			return;
+		if (v->b && !v->users)
+			close_blob(fs, v);
+		pthread_mutex_unlock(&v->mu);
+	}
+}
+
 /* Open the blob (and overlay) of n.  Called with f->mu held. */
 static int open_blob(struct thawfs *fs, struct tnode *n, struct tfile *f)
 {
+	evict_idle(fs, f);
 	struct store *s;
 	char key[STORE_KEY_MAX];
 	struct blob *b = NULL;
@@ -105,19 +172,23 @@ static int open_blob(struct thawfs *fs, struct tnode *n, struct tfile *f)
 		blob_trust_cached(b);
 	f->b = b;
 	__atomic_store_n(&f->size, blob_size(b), __ATOMIC_RELAXED);
-	f->size_known = 1;
+	__atomic_store_n(&f->size_known, 1, __ATOMIC_RELEASE);
 	f->data_fd = fs->splice && blob_size(b) ? open_cache_data(b) : -1;
 	f->fd_checked = 0;
 	f->rate_t_ns = now_ns();
 	f->rate_bytes = f->fetched_before;
+	__atomic_add_fetch(&fs->nblobs, 1, __ATOMIC_RELAXED);
 	return 0;
 }
 
 /* Called with f->mu held. */
-static void close_blob(struct tfile *f)
+static void close_blob(struct thawfs *fs, struct tfile *f)
 {
 	if (!f->b)
 		return;
+	pthread_mutex_lock(&fs->idle_mu);
+	idle_unlink(fs, f);
+	pthread_mutex_unlock(&fs->idle_mu);
 	struct blob_stats st;
 	blob_get_stats(f->b, &st);
 	f->fetched_before += st.bytes_fetched;
@@ -132,6 +203,7 @@ static void close_blob(struct tfile *f)
 	f->data_fd = -1;
 	blob_close(f->b);
 	f->b = NULL;
+	__atomic_sub_fetch(&fs->nblobs, 1, __ATOMIC_RELAXED);
 }
 
 static int acquire(struct thawfs *fs, struct tnode *n, int pin, struct blob **out)
@@ -143,6 +215,8 @@ static int acquire(struct thawfs *fs, struct tnode *n, int pin, struct blob **ou
 	int rc = f->b ? 0 : open_blob(fs, n, f);
 	if (rc == 0 && pin)
 		f->users++;
+	if (rc == 0)
+		idle_update(fs, f);
 	if (rc == 0 && out)
 		*out = f->b;
 	pthread_mutex_unlock(&f->mu);
@@ -167,13 +241,12 @@ void file_prefetch_head(struct tnode *n)
 
 void file_maybe_close(struct thawfs *fs, struct tnode *n)
 {
-	(void)fs;
 	struct tfile *f = __atomic_load_n(&n->f, __ATOMIC_ACQUIRE);
 	if (!f)
 		return;
 	pthread_mutex_lock(&f->mu);
 	if (f->b && !f->users && !__atomic_load_n(&n->nlookup, __ATOMIC_ACQUIRE))
-		close_blob(f);
+		close_blob(fs, f);
 	pthread_mutex_unlock(&f->mu);
 }
 
@@ -181,7 +254,8 @@ void file_unpin(struct thawfs *fs, struct tnode *n)
 {
 	struct tfile *f = file_of(n);
 	pthread_mutex_lock(&f->mu);
-	f->users--;
+	if (--f->users == 0)
+		idle_update(fs, f);
 	pthread_mutex_unlock(&f->mu);
 	file_maybe_close(fs, n);
 }
@@ -652,7 +726,7 @@ void file_close_all(struct thawfs *fs)
 		if (!n || !n->f)
 			continue;
 		pthread_mutex_lock(&n->f->mu);
-		close_blob(n->f);
+		close_blob(fs, n->f);
 		pthread_mutex_unlock(&n->f->mu);
 		pthread_mutex_destroy(&n->f->mu);
 		pthread_mutex_destroy(&n->f->wmu);

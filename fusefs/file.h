@@ -23,6 +23,9 @@ struct tfile {
 	uint64_t size;          /* logical size once the blob has opened */
 	int size_known;
 	int users;              /* open handles + hydrator pins */
+	/* On fs->idle (its blob open, no users) between these, oldest first. */
+	struct tfile *idle_prev, *idle_next;
+	int on_idle;
 	int data_fd;            /* the cache's data file for splicing, or -1 */
 	int fd_checked;         /* data_fd vs blob_read: 0 not yet, 1 same bytes, -1 differ */
 	/* The kernel keeps an inode either in passthrough or in cached mode while
@@ -78,6 +81,8 @@ void file_unpin(struct thawfs *fs, struct tnode *n);
 void file_maybe_close(struct thawfs *fs, struct tnode *n);
 /* The size to report: the blob's logical size, or the listing's until known. */
 uint64_t file_size(struct tnode *n);
+/* Whether a blob of n has opened once (its logical size is known). */
+int file_size_known(struct tnode *n);
 /* Remember an error a reader or the hydrator got (and log it, rate-limited). */
 void file_note_error(struct tnode *n, const char *what, const char *msg);
 

@@ -17,6 +17,7 @@
 
 struct hydrator;
 struct promoter;
+struct prober;
 struct ctl_server;
 
 struct thawfs {
@@ -35,6 +36,7 @@ struct thawfs {
 	struct fuse_session *se;
 	struct hydrator *hy;
 	struct promoter *pr;      /* complete files read through the page cache -> passthrough */
+	struct prober *prober;    /* files' blobs opened ahead of their lookups */
 	struct ctl_server *ctl;
 
 	uid_t uid;
@@ -45,6 +47,13 @@ struct thawfs {
 	size_t splice_max;        /* largest reply libfuse can splice (its pipe's size) */
 	unsigned max_read;        /* largest read the kernel sends */
 	struct pt_state pt;       /* FUSE passthrough (passthrough.c) */
+
+	/* Open blobs, bounded by the file descriptors this process may hold
+	 * (each holds 3, 5 with an overlay): beyond blob_cap the least recently
+	 * used idle one is closed (file.c).  nblobs is atomic. */
+	size_t nblobs, blob_cap;
+	pthread_mutex_t idle_mu;
+	struct tfile *idle_head, *idle_tail;
 
 	/* The 1 Hz ticker: rates for status, overlay syncs. */
 	pthread_t ticker;

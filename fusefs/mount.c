@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -24,6 +25,7 @@
 #include "file.h"
 #include "hydrator.h"
 #include "promote.h"
+#include "prober.h"
 #include "status.h"
 #include "../common/fsutil.h"
 
@@ -133,78 +135,51 @@ static void ctl_handle(void *arg, const char *req, FILE *out)
 /* Opening a file's blob costs a GET (an image's index may take a second),
  * then creating its cache, and the kernel's LOOKUP waits for all of it.  The
  * first reader of a fresh mount usually comes within milliseconds of `thaw
- * mount` returning, for one of the few files at the root: so those are
- * opened in the background from the moment the root is listed, and the
- * GET overlaps the mounting and the reader's own start (a LOOKUP that comes
- * sooner waits for the same open, never starts a second).  `ls -l` of the
- * root then finds every size ready, too.  Each file's first chunk is
- * asked for at readahead priority, since a first read usually starts at 0
- * (a plain object's first 64 KiB come with its open anyway; an image's first
- * chunk costs one more GET).  Only the first THAW_FUSE_PREOPEN files (default 8, 0 = none)
- * are opened, a few at a time; a pre-opened blob that is never looked up
- * stays open until the unmount, like one whose inode the kernel still
- * remembers. */
+ * mount` returning, for one of the few files at the root: so the first
+ * THAW_FUSE_PREOPEN of those (default 8, 0 = none) are opened by the prober
+ * from the moment the root is listed, their first chunk asked for at
+ * readahead priority (a first read usually starts at 0; a plain object's
+ * first 64 KiB come with its open anyway, an image's first chunk costs one
+ * more GET), and the GET overlaps the mounting and the reader's own start. */
 #define PREOPEN_DEFAULT 8
-#define PREOPEN_THREADS 4
 
-struct preopen {
-	struct thawfs *fs;
-	struct tnode **v;
-	size_t n, next;  /* next: the index the next thread takes (atomic) */
-	int stop;        /* atomic */
-	pthread_t th[PREOPEN_THREADS];
-	int nth;
-};
-
-static void *preopen_main(void *arg)
+static void preopen_root(struct thawfs *fs)
 {
-	struct preopen *po = arg;
-	for (;;) {
-		size_t i = __atomic_fetch_add(&po->next, 1, __ATOMIC_RELAXED);
-		if (i >= po->n || __atomic_load_n(&po->stop, __ATOMIC_ACQUIRE))
-			break;
-		/* A failure is noted on the file (thaw status), and its LOOKUP tries again. */
-		if (file_probe(po->fs, po->v[i]) == 0)
-			file_prefetch_head(po->v[i]);
-	}
-	return NULL;
-}
-
-static void preopen_start(struct thawfs *fs, struct preopen *po)
-{
-	memset(po, 0, sizeof *po);
-	po->fs = fs;
 	long max = PREOPEN_DEFAULT;
 	const char *e = getenv("THAW_FUSE_PREOPEN");
 	if (e)
 		max = atol(e);
-	struct tnode *root = fs->tree.root;
-	const struct kids *k = tree_kids(root);
-	size_t cap = k->n < (size_t)max ? k->n : (size_t)max;
-	if (max <= 0 || !cap || !(po->v = calloc(cap, sizeof *po->v)))
-		return;
-	for (size_t i = 0; i < k->n && po->n < (size_t)max; i++)
-		if (!k->v[i]->is_dir)
-			po->v[po->n++] = k->v[i];
-	while (po->nth < PREOPEN_THREADS && (size_t)po->nth < po->n) {
-		if (pthread_create(&po->th[po->nth], NULL, preopen_main, po)) {
-			log_warn("cannot start a thread to open files ahead of their first lookup");
-			break;
+	const struct kids *k = tree_kids(fs->tree.root);
+	for (size_t i = 0, n = 0; i < k->n && (long)n < max; i++)
+		if (!k->v[i]->is_dir) {
+			prober_add(fs->prober, k->v[i], 1);
+			n++;
 		}
-		pthread_setname_np(po->th[po->nth], "thaw-preopen");
-		po->nth++;
-	}
 }
 
-/* Opens in progress finish (the store bounds them); no new one starts. */
-static void preopen_stop(struct preopen *po)
+/* How many blobs may be open at once.  The soft limit on file descriptors
+ * goes up to the hard one first (1024 is a common default, and the kernel
+ * remembers files by the thousand after an `ls -l`); what the store's
+ * connections, the FUSE device, the log and the control socket need is kept
+ * aside, and each blob gets the three descriptors it holds (five with an
+ * overlay under --rw), plus one to spare. */
+static size_t blob_cap_from_limits(int rw)
 {
-	__atomic_store_n(&po->stop, 1, __ATOMIC_RELEASE);
-	for (int i = 0; i < po->nth; i++)
-		pthread_join(po->th[i], NULL);
-	po->nth = 0;
-	free(po->v);
-	po->v = NULL;
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 64;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > (1u << 20) ? (1u << 20) : rl.rlim_max;
+		if (want > rl.rlim_cur) {
+			struct rlimit up = { want, rl.rlim_max };
+			if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+				rl.rlim_cur = want;
+		}
+	}
+	rlim_t n = rl.rlim_cur == RLIM_INFINITY ? (1u << 20) : rl.rlim_cur;
+	rlim_t reserve = 64 + n / 8;
+	size_t cap = n > reserve ? (size_t)((n - reserve) / (rw ? 6 : 4)) : 0;
+	return cap < 8 ? 8 : cap;
 }
 
 static void *ticker_main(void *arg)
@@ -347,6 +322,9 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 	fs->mount_time = time(NULL);
 	pthread_mutex_init(&fs->tick_mu, NULL);
 	pthread_cond_init(&fs->tick_cv, NULL);
+	pthread_mutex_init(&fs->idle_mu, NULL);
+	fs->blob_cap = blob_cap_from_limits(fs->o.rw);
+	log_debug("at most %zu blobs open at once", fs->blob_cap);
 	/* Chunk buffers (1 MiB and up) come and go at the fetch rate; keep them
 	 * in the heap rather than a fresh mmap each, which costs page faults and
 	 * zeroing for every chunk. */
@@ -400,7 +378,6 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		rc = store_open(&fs->url, &fs->scfg, &fs->s);
 	}
 	int tree_ok = 0;
-	struct preopen po = { 0 };
 	if (rc == 0 && (rc = tree_init(&fs->tree, fs->s, &fs->url, &fs->scfg)) == 0) {
 		fs->tree.list_ttl_ns = (uint64_t)fs->o.list_ttl_s * 1000000000ull;
 		tree_ok = 1;
@@ -425,7 +402,8 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		/* A GET is streamed and each chunk published as it lands, so a
 		 * large one delays nobody; fewer requests cost the server less. */
 		fs->bo.coalesce_bytes = 64u << 20;
-		preopen_start(fs, &po);
+		if (prober_start(fs, &fs->prober) == 0)
+			preopen_root(fs);
 		rc = ctl_server_start(fs->sock_path, ctl_handle, fs, &fs->ctl);
 	}
 	if (rc == 0) {
@@ -528,7 +506,8 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		fuse_session_destroy(fs->se);
 	}
 	fuse_opt_free_args(&args);
-	preopen_stop(&po);
+	prober_stop(fs->prober);
+	fs->prober = NULL;
 	hydrator_stop(fs->hy);
 	if (fs->ticker_running) {
 		pthread_mutex_lock(&fs->tick_mu);

@@ -21,6 +21,7 @@
 
 #include "../common/log.h"
 #include "file.h"
+#include "prober.h"
 
 #define TTL 3600.0 /* the tree never changes under a mount */
 #define BLKSIZE (1u << 20)
@@ -52,7 +53,7 @@ static void fill_attr(struct thawfs *fs, struct tnode *n, struct stat *st)
 /* A file whose blob would not open shows its listing size, briefly. */
 static double ttl_of(struct tnode *n)
 {
-	return n->is_dir || (n->f && n->f->size_known) ? TTL : 1.0;
+	return n->is_dir || file_size_known(n) ? TTL : 1.0;
 }
 
 static struct tnode *node_or_reply(fuse_req_t req, fuse_ino_t ino)
@@ -117,8 +118,10 @@ static void tl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	 * meanwhile (file_maybe_close) sees it and keeps the blob open. */
 	uint64_t nl = __atomic_add_fetch(&n->nlookup, 1, __ATOMIC_ACQ_REL);
 	log_debug("lookup %s -> ino %llu, nlookup %llu", n->key, (unsigned long long)n->ino, (unsigned long long)nl);
+	/* The blob's logical size (an image's), and its progress for status;
+	 * a failure shows the listing's size. */
 	if (!n->is_dir)
-		file_probe(fs, n); /* an image's logical size; failure shows the listing's */
+		file_probe(fs, n);
 	e.ino = n->ino;
 	e.generation = 1;
 	fill_attr(fs, n, &e.attr);
@@ -287,6 +290,7 @@ static void tl_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_err(req, EIO);
 		return;
 	}
+	prober_dir(FS(req)->prober, n);
 	/* The handle reads the children as they are now (a later re-listing
 	 * cannot shift its offsets); the kernel keeps its cached entries unless
 	 * they changed since it last opened the directory. */

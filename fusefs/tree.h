@@ -47,6 +47,7 @@ struct tnode {
 	uint64_t listed_ns;  /* when last listed (t->mu) */
 	uint64_t gen;        /* bumped when kids is replaced (atomic) */
 	uint64_t gen_opened; /* gen when last opened for reading (atomic) */
+	uint64_t gen_probed; /* gen + 1 when its files were last queued to open (prober.c; atomic) */
 	struct store *dstore;/* file:// only: a store rooted at this directory */
 
 	/* files */
