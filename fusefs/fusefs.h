@@ -36,6 +36,7 @@ struct fusefs_opts {
 	int direct_io;            /* read files not wholly cached past FUSE's page cache */
 	int no_passthrough;       /* serve complete files through this process, not FUSE passthrough */
 	unsigned list_ttl_s;      /* re-list a directory at most this often, on a miss or opendir (0 = never) */
+	unsigned open_ahead;      /* files of a directory opened when it is read (default 4096, 0 = none) */
 };
 
 void fusefs_opts_default(struct fusefs_opts *o);

@@ -51,6 +51,7 @@ void fusefs_opts_default(struct fusefs_opts *o)
 	o->chunk_size = 0; /* the blob's default */
 	o->kernel_readahead_kb = 1024;
 	o->list_ttl_s = 30;
+	o->open_ahead = 4096;
 }
 
 /* The mount shows a prefix.  For file:// the store is rooted at that

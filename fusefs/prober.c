@@ -6,7 +6,6 @@
 #include "prober.h"
 
 #define PROBE_THREADS 8
-#define PROBE_DIR_MAX 4096
 #define PROBE_QUEUE_MAX 16384
 
 struct item {
@@ -88,7 +87,7 @@ void prober_add(struct prober *p, struct tnode *n, int head)
 
 void prober_dir(struct prober *p, struct tnode *dir)
 {
-	if (!p)
+	if (!p || !p->fs->o.open_ahead)
 		return;
 	/* Once per listing: gen counts the listings that changed the children. */
 	uint64_t mark = __atomic_load_n(&dir->gen, __ATOMIC_ACQUIRE) + 1;
@@ -97,7 +96,7 @@ void prober_dir(struct prober *p, struct tnode *dir)
 	const struct kids *k = tree_kids(dir);
 	/* Past half the bound on open blobs, opening more would close ones
 	 * opened here before their lookups came. */
-	size_t max = p->fs->blob_cap / 2 < PROBE_DIR_MAX ? p->fs->blob_cap / 2 : PROBE_DIR_MAX;
+	size_t max = p->fs->blob_cap / 2 < p->fs->o.open_ahead ? p->fs->blob_cap / 2 : p->fs->o.open_ahead;
 	size_t queued = 0;
 	pthread_mutex_lock(&p->mu);
 	for (size_t i = 0; i < k->n && queued < max; i++) {

@@ -8,9 +8,9 @@
  * time and in the order `ls` looks them up; a lookup that comes first opens
  * the blob itself, and one that comes during an open waits for the same open
  * (file.c's per-file lock), never starts a second.  Only the first
- * PROBE_DIR_MAX files of each listing of a directory are taken (and no more
- * than half the bound on open blobs), so a listing alone of a huge directory
- * costs a bounded number of requests.
+ * --open-ahead files of each listing of a directory are taken (4096 by
+ * default, and no more than half the bound on open blobs), so a listing
+ * alone of a huge directory costs a bounded number of requests.
  *
  * At mount the root's first few files are also queued with their first chunk
  * asked for (the first reader of a fresh mount usually comes within

@@ -39,7 +39,7 @@ static void mount_usage(FILE *f)
 		"                  [--allow-other] [--jobs N] [--store-jobs N] [--hydrate-jobs N]\n"
 		"                  [--hydrate-rate BYTES/s] [--readahead MAX] [--chunk-size N]\n"
 		"                  [--kernel-readahead KB] [--no-passthrough] [--direct-io]\n"
-		"                  [--list-ttl SECONDS] [--debug]\n\n"
+		"                  [--list-ttl SECONDS] [--open-ahead N] [--debug]\n\n"
 		"Serve the objects under URL (file:///dir/ or s3://bucket/prefix/) as files at\n"
 		"MOUNTPOINT, fetched lazily: a read fetches only the chunks it needs (sequential\n"
 		"reads open a readahead window that doubles up to --readahead), concurrent readers\n"
@@ -71,6 +71,10 @@ static void mount_usage(FILE *f)
 		"                     when a name is looked up that it lacks or when it is read, at\n"
 		"                     most every S seconds (default 30; 0 = never: a snapshot).\n"
 		"                     Objects removed from the store stay listed until a remount\n"
+		"  --open-ahead N     when a directory is read, open its first N files in the\n"
+		"                     background (one GET of each file's first 64 KiB, 8 at a time),\n"
+		"                     so `ls -l` and `cp -r` do not wait for them one by one\n"
+		"                     (default 4096; 0 = open a file only when it is looked up)\n"
 		"  --direct-io        read files not wholly cached past FUSE's page cache: each byte\n"
 		"                     is then held in memory once (as the cache's data file), not\n"
 		"                     twice, and large reads stream faster; but every read(2) is a\n"
@@ -147,7 +151,7 @@ int cmd_mount(int argc, char **argv)
 		{ "readahead", 1, 0, 'r' },   { "chunk-size", 1, 0, 'C' },    { "store-timeout", 1, 0, 'T' },
 		{ "debug", 0, 0, 'd' },       { "help", 0, 0, 'h' },          { "kernel-readahead", 1, 0, 'K' },
 		{ "no-passthrough", 0, 0, 'P' }, { "direct-io", 0, 0, 'D' },
-		{ "list-ttl", 1, 0, 'L' },
+		{ "list-ttl", 1, 0, 'L' },    { "open-ahead", 1, 0, 'O' },
 		{ 0, 0, 0, 0 },
 	};
 	int c;
@@ -177,6 +181,11 @@ int cmd_mount(int argc, char **argv)
 			if (cli_parse_size(optarg, &v) < 0 || v > 86400 * 365)
 				return fprintf(stderr, "thaw mount: bad --list-ttl '%s' (seconds, 0 = never)\n", optarg), 2;
 			o.list_ttl_s = (unsigned)v;
+			break;
+		case 'O':
+			if (cli_parse_size(optarg, &v) < 0 || v > 1u << 20)
+				return fprintf(stderr, "thaw mount: bad --open-ahead '%s' (files, 0 = none)\n", optarg), 2;
+			o.open_ahead = (unsigned)v;
 			break;
 		case 'K':
 			if (cli_parse_size(optarg, &v) < 0 || v > 1048576)

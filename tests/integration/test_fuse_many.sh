@@ -56,4 +56,11 @@ for f in "$S"/many/*; do
 	cmp -s "$f" "$M/many/${f##*/}" || fail "${f##*/} differs under the raised limit"
 done
 unmount
+
+# --open-ahead 0: reading the directory opens nothing.
+"$THAW" mount "file://$S/" "$M" --cache "$C" --open-ahead 0 || fail "mount --open-ahead 0"
+[ "$(ls "$M/many" | wc -l)" = "$N" ] || fail "ls with --open-ahead 0"
+sleep 1
+[ "$(py "s['untouched']['files']")" = "$N" ] || fail "--open-ahead 0 opened $(( N - $(py "s['untouched']['files']") )) files"
+unmount
 echo "PASS"
