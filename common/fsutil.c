@@ -53,10 +53,18 @@ int fsu_mkdir_parents(const char *path, mode_t mode)
 
 int fsu_mkdir_p(const char *path, mode_t mode)
 {
-	int rc = fsu_mkdir_parents(path, mode);
-	if (rc < 0)
-		return rc;
-	if (mkdir(path, mode) < 0 && errno != EEXIST)
+	/* The leaf first: its parents usually exist (a mount creates a cache
+	 * directory per file it opens, under one root). */
+	if (mkdir(path, mode) == 0)
+		return 0;
+	if (errno == ENOENT) {
+		int rc = fsu_mkdir_parents(path, mode);
+		if (rc < 0)
+			return rc;
+		if (mkdir(path, mode) == 0)
+			return 0;
+	}
+	if (errno != EEXIST)
 		return -errno;
 	struct stat st;
 	if (stat(path, &st) < 0)
