@@ -69,7 +69,11 @@ void file_note_error(struct tnode *n, const char *what, const char *msg)
 		return;
 	uint64_t now = now_ns();
 	pthread_mutex_lock(&f->mu);
-	snprintf(f->err, sizeof f->err, "%s", msg);
+	char *e = strdup(msg);
+	if (e) {
+		free(f->err);
+		f->err = e;
+	}
 	f->nerrors++;
 	int say = now - f->last_log_ns >= 1000000000ull;
 	uint64_t quiet = f->quiet;
@@ -155,6 +159,11 @@ static int open_blob(struct thawfs *fs, struct tnode *n, struct tfile *f)
 	int rc = tree_file_location(&fs->tree, n, &s, key, sizeof key);
 	if (rc == 0)
 		rc = blob_open(s, key, &fs->bo, &b);
+	if (rc == 0 && f->kernel_etag && strcmp(f->kernel_etag, blob_etag(b)))
+		rc = err_set(EIO,
+			     "%s changed in the store (ETag %s, was %s) while the kernel still holds the old version's "
+			     "size and pages: unmount and mount again to read the new one",
+			     key, blob_etag(b), f->kernel_etag);
 	if (rc == 0) {
 		char loc[8192];
 		url_format(&s->url, loc, sizeof loc);
@@ -168,7 +177,7 @@ static int open_blob(struct thawfs *fs, struct tnode *n, struct tfile *f)
 			blob_close(b);
 		return rc;
 	}
-	if (f->checked_etag[0] && !strcmp(f->checked_etag, blob_etag(b)))
+	if (f->checked_etag && !strcmp(f->checked_etag, blob_etag(b)))
 		blob_trust_cached(b);
 	f->b = b;
 	__atomic_store_n(&f->size, blob_size(b), __ATOMIC_RELAXED);
@@ -192,10 +201,8 @@ static void close_blob(struct thawfs *fs, struct tfile *f)
 	struct blob_stats st;
 	blob_get_stats(f->b, &st);
 	f->fetched_before += st.bytes_fetched;
-	if (blob_complete_checked(f->b) && strlen(blob_etag(f->b)) < sizeof f->checked_etag)
-		snprintf(f->checked_etag, sizeof f->checked_etag, "%s", blob_etag(f->b));
-	else
-		f->checked_etag[0] = 0;
+	free(f->checked_etag);
+	f->checked_etag = blob_complete_checked(f->b) ? strdup(blob_etag(f->b)) : NULL;
 	overlay_close(f->ov);
 	f->ov = NULL;
 	if (f->data_fd >= 0)
@@ -239,14 +246,29 @@ void file_prefetch_head(struct tnode *n)
 	pthread_mutex_unlock(&f->mu);
 }
 
+void file_seen_by_kernel(struct tnode *n)
+{
+	struct tfile *f = __atomic_load_n(&n->f, __ATOMIC_ACQUIRE);
+	if (!f)
+		return;
+	pthread_mutex_lock(&f->mu);
+	if (f->b && !f->kernel_etag)
+		f->kernel_etag = strdup(blob_etag(f->b)); /* out of memory: no check, as before */
+	pthread_mutex_unlock(&f->mu);
+}
+
 void file_maybe_close(struct thawfs *fs, struct tnode *n)
 {
 	struct tfile *f = __atomic_load_n(&n->f, __ATOMIC_ACQUIRE);
 	if (!f)
 		return;
 	pthread_mutex_lock(&f->mu);
-	if (f->b && !f->users && !__atomic_load_n(&n->nlookup, __ATOMIC_ACQUIRE))
+	if (!f->users && !__atomic_load_n(&n->nlookup, __ATOMIC_ACQUIRE)) {
 		close_blob(fs, f);
+		/* The kernel forgot the inode: a later lookup reports the version it finds. */
+		free(f->kernel_etag);
+		f->kernel_etag = NULL;
+	}
 	pthread_mutex_unlock(&f->mu);
 }
 
@@ -730,6 +752,9 @@ void file_close_all(struct thawfs *fs)
 		pthread_mutex_unlock(&n->f->mu);
 		pthread_mutex_destroy(&n->f->mu);
 		pthread_mutex_destroy(&n->f->wmu);
+		free(n->f->err);
+		free(n->f->checked_etag);
+		free(n->f->kernel_etag);
 		free(n->f);
 		n->f = NULL;
 	}

@@ -41,15 +41,21 @@ struct tfile {
 	uint64_t reads;         /* READ requests answered (atomic) */
 	/* The ETag of the version whose cache a closed blob of this file had
 	 * wholly checked: reopened in this process, it need not be checked again
-	 * (so it goes straight to passthrough); "" if none. */
-	char checked_etag[256];
+	 * (so it goes straight to passthrough); NULL if none.  Both strings are
+	 * malloc'd: a mount may hold a tfile for every file it has listed and
+	 * opened, and inline buffers made each 1 KiB. */
+	char *checked_etag;
 
 	/* for `thaw status` */
 	uint64_t fetched_before;/* bytes fetched by blobs of this file since closed */
 	uint64_t rate_t_ns, rate_bytes;
 	double rate;            /* bytes/s fetched, smoothed */
 	int hydrate;            /* 0 no, 1 queued or running, 2 done, 3 failed */
-	char err[ERR_MSG_MAX];  /* the last error a reader or the hydrator saw */
+	char *err;              /* the last error a reader or the hydrator saw, or NULL */
+	/* The ETag of the version the kernel's view of the file (its size, its
+	 * page cache) comes from, while the kernel holds the inode: a blob
+	 * closed to make room and opened again must find the same version. */
+	char *kernel_etag;
 	uint64_t nerrors;
 	uint64_t last_log_ns, quiet; /* log at most one error a second per file */
 };
@@ -77,6 +83,9 @@ void file_prefetch_head(struct tnode *n);
 /* Like file_probe, and count a user (open handle, hydrator) until file_unpin. */
 int file_pin(struct thawfs *fs, struct tnode *n, struct blob **b);
 void file_unpin(struct thawfs *fs, struct tnode *n);
+/* A lookup is answering with n's attributes: until the kernel forgets n, a
+ * reopened blob of n must be of the version they came from. */
+void file_seen_by_kernel(struct tnode *n);
 /* Close the blob if neither the kernel nor anyone else holds the file. */
 void file_maybe_close(struct thawfs *fs, struct tnode *n);
 /* The size to report: the blob's logical size, or the listing's until known. */

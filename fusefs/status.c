@@ -61,7 +61,7 @@ static int row_of(struct tnode *n, struct frow *r, struct untouched *u)
 	r->reads = __atomic_load_n(&f->reads, __ATOMIC_RELAXED);
 	r->pt_opens = f->pt_opens;
 	r->pt_total = f->pt_total;
-	snprintf(r->err, sizeof r->err, "%s", f->err);
+	snprintf(r->err, sizeof r->err, "%s", f->err ? f->err : "");
 	if (f->b) {
 		struct blob_stats st;
 		blob_get_stats(f->b, &st);

@@ -18,6 +18,8 @@ for i in range(n):
         f.write(os.urandom(100 + 37 * i))
 PY
 
+head -c 300000 /dev/urandom >"$S/chg.bin"
+
 # Hard and soft limit 256: room for ~40 blobs.
 (ulimit -n 256 && exec "$THAW" mount "file://$S/" "$M" --cache "$C") || fail "mount with 256 file descriptors"
 pid=$(py "s['pid']")
@@ -35,11 +37,32 @@ done
 for f in "$S"/many/*; do
 	cmp -s "$f" "$M/many/${f##*/}" || fail "${f##*/} differs on the second pass"
 done
+# Four readers at once, each in its own order, while blobs are closed and
+# opened again under them (the idle list under contention).
+for k in 0 1 2 3; do
+	(
+		ls "$S/many" | awk -v k=$k '{ print ((NR * 7919 + k * 104729) % 1000003) " " $0 }' | sort -n | cut -d' ' -f2 |
+			while read -r f; do cmp -s "$S/many/$f" "$M/many/$f" || { echo "$f" >"$T/par$k.bad"; break; }; done
+	) &
+done
+wait
+for k in 0 1 2 3; do [ ! -e "$T/par$k.bad" ] || fail "parallel reader $k: $(cat "$T/par$k.bad") differs"; done
 nfd=$(ls "/proc/$pid/fd" | wc -l)
 [ "$nfd" -lt 256 ] || fail "the daemon holds $nfd file descriptors"
 ! LOG | grep -q "Too many open files" || fail "the daemon ran out of file descriptors: $(LOG | grep -m1 'Too many')"
 [ "$(py "sum(f['errors'] for f in s['files'])")" = 0 ] || fail "status reports errors: $(py "[f for f in s['files'] if f['errors']][:2]")"
-note "$N files with 256 file descriptors: listed and read twice, $nfd descriptors held"
+note "$N files with 256 file descriptors: listed, read twice, then by four readers at once; $nfd descriptors held"
+
+# A file the kernel holds (its size, its pages) whose blob was closed to make
+# room, and whose object changed meanwhile: reopening it must not serve the
+# new version under the old size, but fail with a clear message.
+cmp "$S/chg.bin" "$M/chg.bin" || fail "chg.bin differs"
+head -c 200000 /dev/urandom >"$S/chg.bin"
+cat "$M"/many/* >/dev/null
+[ "$(file_field chg.bin open)" = False ] || fail "chg.bin's blob was not closed to make room"
+! cat "$M/chg.bin" >"$T/chg.out" 2>"$T/chg.err" || fail "chg.bin, changed under the kernel's view of it, read ($(wc -c <"$T/chg.out") bytes)"
+grep -q "Input/output error" "$T/chg.err" || fail "chg.bin: $(cat "$T/chg.err")"
+LOG | grep -q "chg.bin changed in the store" || fail "no log line says chg.bin changed"
 unmount
 
 # Soft limit 128 under a hard one of 8192: the daemon raises its own (and
