@@ -144,6 +144,13 @@ static void ctl_handle(void *arg, const char *req, FILE *out)
  * more GET), and the GET overlaps the mounting and the reader's own start. */
 #define PREOPEN_DEFAULT 8
 
+/* tree.on_gone: a re-listing took n out of dir (removed or replaced). */
+static void forget_name(void *arg, struct tnode *dir, struct tnode *n)
+{
+	struct thawfs *fs = arg;
+	prober_forget(fs->prober, dir, n);
+}
+
 static void preopen_root(struct thawfs *fs)
 {
 	long max = PREOPEN_DEFAULT;
@@ -381,6 +388,7 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 	int tree_ok = 0;
 	if (rc == 0 && (rc = tree_init(&fs->tree, fs->s, &fs->url, &fs->scfg)) == 0) {
 		fs->tree.list_ttl_ns = (uint64_t)fs->o.list_ttl_s * 1000000000ull;
+		fs->tree.keep_names = fs->o.rw;
 		tree_ok = 1;
 		rc = tree_list(&fs->tree, fs->tree.root);
 		if (rc < 0)
@@ -403,8 +411,11 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		/* A GET is streamed and each chunk published as it lands, so a
 		 * large one delays nobody; fewer requests cost the server less. */
 		fs->bo.coalesce_bytes = 64u << 20;
-		if (prober_start(fs, &fs->prober) == 0)
+		if (prober_start(fs, &fs->prober) == 0) {
 			preopen_root(fs);
+			fs->tree.on_gone = forget_name;
+			fs->tree.on_gone_arg = fs;
+		}
 		rc = ctl_server_start(fs->sock_path, ctl_handle, fs, &fs->ctl);
 	}
 	if (rc == 0) {
@@ -504,11 +515,15 @@ int fusefs_run(const struct fusefs_opts *o, int ready_fd)
 		fuse_remove_signal_handlers(fs->se);
 		if (mounted)
 			fuse_session_unmount(fs->se);
-		fuse_session_destroy(fs->se);
 	}
-	fuse_opt_free_args(&args);
+	/* The prober tells the session of names gone: stopped before the
+	 * session goes, and after the unmount, which ends any wait of a
+	 * notification for a directory's lock held by a request now unanswered. */
 	prober_stop(fs->prober);
 	fs->prober = NULL;
+	if (fs->se)
+		fuse_session_destroy(fs->se);
+	fuse_opt_free_args(&args);
 	hydrator_stop(fs->hy);
 	if (fs->ticker_running) {
 		pthread_mutex_lock(&fs->tick_mu);

@@ -1,5 +1,6 @@
 /* prober.c - opening files' blobs ahead of their lookups (see prober.h). */
 #include <stdlib.h>
+#include <string.h>
 
 #include "../common/log.h"
 #include "file.h"
@@ -11,6 +12,7 @@
 struct item {
 	struct tnode *n;
 	int head;
+	struct tnode *gone_from; /* not an open: the kernel is to drop n's name in this directory */
 };
 
 struct prober {
@@ -37,9 +39,17 @@ static void *prober_main(void *arg)
 		p->first = (p->first + 1) % PROBE_QUEUE_MAX;
 		p->len--;
 		pthread_mutex_unlock(&p->mu);
-		/* A failure is noted on the file (thaw status); its lookup tries again. */
-		if ((it.head || !file_size_known(it.n)) && file_probe(p->fs, it.n) == 0 && it.head)
+		if (it.gone_from) {
+			/* Waits for the directory's lock in the kernel, which a request
+			 * on it may hold: so here, never on a request's own path. */
+			int rc = fuse_lowlevel_notify_inval_entry(p->fs->se, it.gone_from->ino, it.n->name,
+								  strlen(it.n->name));
+			if (rc < 0 && rc != -ENOENT)
+				log_debug("dropping the name %s: %s", it.n->key, strerror(-rc));
+		} else if ((it.head || !file_size_known(it.n)) && file_probe(p->fs, it.n) == 0 && it.head) {
+			/* A failure is noted on the file (thaw status); its lookup tries again. */
 			file_prefetch_head(it.n);
+		}
 		pthread_mutex_lock(&p->mu);
 	}
 	pthread_mutex_unlock(&p->mu);
@@ -66,11 +76,11 @@ int prober_start(struct thawfs *fs, struct prober **out)
 	return 0;
 }
 
-static int push(struct prober *p, struct tnode *n, int head)
+static int push(struct prober *p, struct tnode *n, int head, struct tnode *gone_from)
 {
 	if (p->len == PROBE_QUEUE_MAX || !p->nth)
 		return -1;
-	p->q[(p->first + p->len) % PROBE_QUEUE_MAX] = (struct item){ n, head };
+	p->q[(p->first + p->len) % PROBE_QUEUE_MAX] = (struct item){ n, head, gone_from };
 	p->len++;
 	return 0;
 }
@@ -80,9 +90,22 @@ void prober_add(struct prober *p, struct tnode *n, int head)
 	if (!p)
 		return;
 	pthread_mutex_lock(&p->mu);
-	if (push(p, n, head) == 0)
+	if (push(p, n, head, NULL) == 0)
 		pthread_cond_signal(&p->cv);
 	pthread_mutex_unlock(&p->mu);
+}
+
+void prober_forget(struct prober *p, struct tnode *dir, struct tnode *n)
+{
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->mu);
+	int rc = push(p, n, 0, dir);
+	if (rc == 0)
+		pthread_cond_signal(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	if (rc < 0)
+		log_debug("queue full: the kernel keeps the name %s until its entry times out", n->key);
 }
 
 void prober_dir(struct prober *p, struct tnode *dir)
@@ -103,7 +126,7 @@ void prober_dir(struct prober *p, struct tnode *dir)
 		struct tnode *n = k->v[i];
 		if (n->is_dir || file_size_known(n))
 			continue;
-		if (push(p, n, 0) < 0)
+		if (push(p, n, 0, NULL) < 0)
 			break;
 		queued++;
 	}

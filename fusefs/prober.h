@@ -12,6 +12,8 @@
  * default, and no more than half the bound on open blobs), so a listing
  * alone of a huge directory costs a bounded number of requests.
  *
+ * The same threads tell the kernel of names that left the tree (prober_forget).
+ *
  * At mount the root's first few files are also queued with their first chunk
  * asked for (the first reader of a fresh mount usually comes within
  * milliseconds, for one of them).  A blob opened here that is never looked up
@@ -28,6 +30,10 @@ int prober_start(struct thawfs *fs, struct prober **out);
 void prober_add(struct prober *p, struct tnode *n, int head);
 /* Queue the files of dir not opened yet, once per listing of dir. */
 void prober_dir(struct prober *p, struct tnode *dir);
+/* Have the kernel drop the name of n, which a re-listing took out of dir
+ * (fuse_lowlevel_notify_inval_entry, from a prober thread: on a request's
+ * own path it could deadlock on the directory's lock). */
+void prober_forget(struct prober *p, struct tnode *dir, struct tnode *n);
 /* Stop and join; opens under way finish (the store bounds them). */
 void prober_stop(struct prober *p);
 

@@ -40,6 +40,8 @@ struct untouched {
  * counted in u instead). */
 static int row_of(struct tnode *n, struct frow *r, struct untouched *u)
 {
+	if (tree_gone(n))
+		return -1; /* removed from the store, or replaced by a newer node */
 	struct tfile *f = __atomic_load_n(&n->f, __ATOMIC_ACQUIRE);
 	if (!n->is_dir && !f) {
 		u->files++;

@@ -252,6 +252,14 @@ int tree_list(struct tree *t, struct tnode *dir)
 	return rc;
 }
 
+/* Whether a node of a new listing stands for the same thing as an old one:
+ * a directory still a directory, a file of the same size and mtime (a PUT
+ * over an object changes its mtime). */
+static int same_thing(const struct tnode *o, const struct tnode *n)
+{
+	return o->is_dir == n->is_dir && (o->is_dir || (o->list_size == n->list_size && o->mtime == n->mtime));
+}
+
 int tree_refresh(struct tree *t, struct tnode *dir)
 {
 	if (!__atomic_load_n(&dir->listed, __ATOMIC_ACQUIRE))
@@ -271,42 +279,86 @@ int tree_refresh(struct tree *t, struct tnode *dir)
 		pthread_mutex_unlock(&t->mu);
 		return 0;
 	}
-	/* Merge: every old child stays, names seen for the first time join. */
+	/* Walk the old children and the listing together, both sorted: a name
+	 * in both keeps its node if it is the same thing, else gets the new one;
+	 * an old name missing from the listing leaves (or stays, keep_names). */
 	struct kids *old = dir->kids;
-	size_t nnew = 0;
-	for (size_t i = 0; i < l.n; i++) {
-		if (tree_child(dir, l.v[i]->name)) {
+	struct kids *k = kids_new(l.n + old->n);
+	struct tnode **fresh = malloc((l.n + 1) * sizeof *fresh);
+	struct tnode **gone = malloc((old->n + 1) * sizeof *gone);
+	if (!k || !fresh || !gone) {
+		log_warn("out of memory listing %s again; keeping the old listing", dir_label(dir));
+		for (size_t i = 0; i < l.n; i++)
 			node_free(l.v[i]);
+		free(l.v);
+		free(k);
+		free(fresh);
+		free(gone);
+		pthread_mutex_unlock(&t->mu);
+		return 0;
+	}
+	size_t w = 0, nfresh = 0, ngone = 0, a = 0, nfail = 0;
+	for (size_t i = 0; i <= l.n; i++) {
+		struct tnode *n = i < l.n ? l.v[i] : NULL;
+		for (; a < old->n && (!n || strcmp(old->v[a]->name, n->name) < 0); a++) {
+			if (t->keep_names)
+				k->v[w++] = old->v[a];
+			else
+				gone[ngone++] = old->v[a];
+		}
+		if (!n)
+			break;
+		struct tnode *o = a < old->n && !strcmp(old->v[a]->name, n->name) ? old->v[a++] : NULL;
+		if (o && (t->keep_names || same_thing(o, n))) {
+			k->v[w++] = o;
+			node_free(n);
 			continue;
 		}
-		l.v[nnew++] = l.v[i];
+		if (publish(t, n) < 0) {
+			/* Out of numbers or memory: what was there stays. */
+			nfail++;
+			node_free(n);
+			if (o)
+				k->v[w++] = o;
+			continue;
+		}
+		k->v[w++] = n;
+		fresh[nfresh++] = n;
+		if (o)
+			gone[ngone++] = o;
 	}
-	int rc = nnew ? publish_all(t, l.v, &nnew) : 0;
-	struct kids *k = nnew ? kids_new(old->n + nnew) : NULL;
-	if (nnew && !k) {
-		/* Numbered nodes stay reachable by number; the names wait for the next TTL. */
-		log_warn("out of memory adding %zu new names to %s", nnew, dir_label(dir));
-		nnew = 0;
-	} else if (rc < 0) {
-		log_warn("adding names to %s: %s", dir_label(dir), err_msg());
-	}
-	if (nnew) {
-		size_t a = 0, b = 0, w = 0;
-		while (a < old->n || b < nnew)
-			k->v[w++] = b == nnew || (a < old->n && strcmp(old->v[a]->name, l.v[b]->name) < 0) ? old->v[a++]
-													   : l.v[b++];
+	k->n = w;
+	if (nfail)
+		log_warn("%s: %zu name%s not taken in: %s", dir_label(dir), nfail, nfail == 1 ? "" : "s", err_msg());
+	if (nfresh || ngone) {
+		for (size_t i = 0; i < ngone; i++)
+			__atomic_store_n(&gone[i]->gone, 1, __ATOMIC_RELEASE);
 		old->retired = t->retired;
 		t->retired = old;
 		__atomic_store_n(&dir->kids, k, __ATOMIC_RELEASE);
 		__atomic_add_fetch(&dir->gen, 1, __ATOMIC_RELEASE);
-		log_info("%s: %zu new name%s in the store", dir_label(dir), nnew,
-			 nnew == 1 ? "" : "s");
+		log_info("%s: %zu new name%s or version%s in the store, %zu gone", dir_label(dir), nfresh,
+			 nfresh == 1 ? "" : "s", nfresh == 1 ? "" : "s", ngone);
+	} else {
+		free(k);
 	}
 	pthread_mutex_unlock(&t->mu);
-	for (size_t i = 0; t->on_new && i < nnew; i++)
-		t->on_new(t->on_new_arg, l.v[i]);
+	for (size_t i = 0; t->on_gone && i < ngone; i++)
+		t->on_gone(t->on_gone_arg, dir, gone[i]);
+	for (size_t i = 0; t->on_new && i < nfresh; i++)
+		t->on_new(t->on_new_arg, fresh[i]);
+	free(fresh);
+	free(gone);
 	free(l.v);
-	return nnew ? 1 : 0;
+	return nfresh ? 1 : 0;
+}
+
+int tree_gone(const struct tnode *n)
+{
+	for (; n; n = n->parent)
+		if (__atomic_load_n(&n->gone, __ATOMIC_ACQUIRE))
+			return 1;
+	return 0;
 }
 
 struct tnode *tree_child(const struct tnode *dir, const char *name)

@@ -4,13 +4,18 @@
  * directories.  A directory is listed on first visit (store_list with
  * delimiter "/", all pages), and listed again when asked for a name it lacks
  * or opened for reading once its listing is older than the list TTL: names
- * that appeared are added.  The tree never forgets a node (an object removed
- * from the store stays listed, and opening it fails), so an inode number
- * stays valid for the life of the mount and the kernel may cache entries and
- * attributes for long.  A directory's children are an immutable sorted array
- * published with a release store; a re-listing that finds new names publishes
- * a new array and keeps the old one until the unmount, so readers need no
- * lock.  thaw's own chunk store (".thaw/") is hidden at every level.
+ * that appeared are added, names gone from the store leave, and a file whose
+ * object changed (its size or mtime) gets a new node, so a new inode that
+ * shares no size or pages with the old one.  A node that leaves its directory
+ * is marked gone but never freed, so an inode number stays valid for the life
+ * of the mount (the kernel's references and open handles keep working, on
+ * the version they had), and on_gone is told, so the kernel can be asked to
+ * drop the name.  With keep_names (--rw: local writes are against the
+ * versions mounted) names only ever join.  A directory's children are an
+ * immutable sorted array published with a release store; a re-listing that
+ * changes them publishes a new array and keeps the old one until the
+ * unmount, so readers need no lock.  thaw's own chunk store (".thaw/") is
+ * hidden at every level.
  *
  * Inode numbers index a two-level table that readers walk without a lock:
  * slots are published with release stores and never move. */
@@ -50,6 +55,8 @@ struct tnode {
 	uint64_t gen_probed; /* gen + 1 when its files were last queued to open (prober.c; atomic) */
 	struct store *dstore;/* file:// only: a store rooted at this directory */
 
+	int gone;            /* out of its directory (removed or replaced in the store; atomic) */
+
 	/* files */
 	struct tfile *f;
 	uint64_t nlookup;    /* the kernel's references (atomic) */
@@ -66,9 +73,13 @@ struct tree {
 	pthread_mutex_t mu;      /* listing, table growth, per-directory stores */
 	uint64_t list_ttl_ns;    /* re-list a directory at most this often (0 = never) */
 	struct kids *retired;    /* replaced children arrays (mu) */
-	/* Optional: told of each node a re-listing adds (not under mu). */
+	int keep_names;          /* names never leave and are never replaced */
+	/* Optional: told of each node a re-listing adds, and of each it takes
+	 * out of dir (not under mu). */
 	void (*on_new)(void *arg, struct tnode *n);
 	void *on_new_arg;
+	void (*on_gone)(void *arg, struct tnode *dir, struct tnode *n);
+	void *on_gone_arg;
 	struct tnode **tab[TREE_L1];
 	uint64_t next_ino;       /* atomic */
 	struct tnode *root;
@@ -83,11 +94,13 @@ void tree_destroy(struct tree *t);
 struct tnode *tree_get(struct tree *t, uint64_t ino);
 /* Make sure dir has been listed; 0 or <0 + err_msg naming the prefix. */
 int tree_list(struct tree *t, struct tnode *dir);
-/* List dir again if its listing is older than the list TTL, adding the names
- * that appeared; 1 if any did, 0 if not (a failed listing is logged, and the
- * old one kept until the TTL passes again), <0 + err_msg only if dir could
- * not be listed even once. */
+/* List dir again if its listing is older than the list TTL, taking in what
+ * changed; 1 if a name appeared (or got a new node), 0 if not (a failed
+ * listing is logged, and the old one kept until the TTL passes again), <0 +
+ * err_msg only if dir could not be listed even once. */
 int tree_refresh(struct tree *t, struct tnode *dir);
+/* Whether n, or a directory above it, has left the tree. */
+int tree_gone(const struct tnode *n);
 /* dir's children now (never NULL; empty before the first listing). */
 const struct kids *tree_kids(const struct tnode *dir);
 /* A child of a listed directory by name, or NULL. */

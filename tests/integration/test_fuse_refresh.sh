@@ -2,7 +2,9 @@
 # show up: a lookup of a name the directory lacks, or a read of the
 # directory, lists it again once its listing is older than --list-ttl (the
 # kernel's negative entries and cached directory pages last no longer).
-# Names never go away (a removed object stays listed); with --hydrate new
+# Objects removed leave and objects replaced get a new inode (the kernel is
+# told to drop the old name), while a descriptor opened before keeps reading
+# the version it opened; under --rw names only join; with --hydrate new
 # names are hydrated too; --list-ttl 0 keeps the mount a snapshot.
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/../fuse_lib.sh"
@@ -29,12 +31,39 @@ sleep 1.3
 # Within the TTL nothing is listed again: a name added now is not seen at once.
 head -c 1000 /dev/urandom >"$S/e.bin"
 [ "$(ls "$M" | tr '\n' ' ')" = "a.bin b.bin d.bin sub " ] || fail "ls listed again within the TTL"
-# A removed object stays listed (inode numbers stay valid); its bytes are
-# still readable from the cache.
+# A removed object leaves the directory once it is listed again, and the
+# kernel drops the name it had cached (its entry would last an hour).
 cat "$M/d.bin" >/dev/null || fail "d.bin"
+[ -e "$M/d.bin" ] || fail "d.bin"
 rm "$S/d.bin"
 sleep 1.3
-[ "$(ls "$M" | tr '\n' ' ')" = "a.bin b.bin d.bin e.bin sub " ] || fail "ls after a removal: $(ls "$M" | tr '\n' ' ')"
+[ "$(ls "$M" | tr '\n' ' ')" = "a.bin b.bin e.bin sub " ] || fail "ls after a removal: $(ls "$M" | tr '\n' ' ')"
+i=0; while [ -e "$M/d.bin" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+[ ! -e "$M/d.bin" ] || fail "d.bin, removed from the store, can still be looked up"
+LOG | grep -q "1 gone" || fail "the log does not say a name left"
+
+# A replaced object: new opens read the new version under its own size; a
+# descriptor opened before keeps reading the old one (b.bin was read whole
+# above, so its bytes are in the cache).
+cp "$S/b.bin" "$T/b.old"
+exec 3<"$M/b.bin"
+head -c 250000 /dev/urandom >"$S/b.bin.new" && mv "$S/b.bin.new" "$S/b.bin"
+sleep 1.3
+ls "$M" >/dev/null
+i=0; while [ "$(stat -c %s "$M/b.bin")" != 250000 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+[ "$(stat -c %s "$M/b.bin")" = 250000 ] || fail "b.bin still shows $(stat -c %s "$M/b.bin") bytes after its replacement"
+cmp "$S/b.bin" "$M/b.bin" || fail "b.bin after its replacement differs from the new object"
+cmp "$T/b.old" - <&3 || fail "a descriptor opened before the replacement did not read the old version"
+exec 3<&-
+[ "$(py "sum(1 for f in s['files'] if f['path'] == 'b.bin')")" = 1 ] || fail "status shows b.bin $(py "sum(1 for f in s['files'] if f['path'] == 'b.bin')") times"
+unmount
+
+# --rw: names only join (local writes are against the versions mounted).
+"$THAW" mount "file://$S/" "$M" --cache "$C" --list-ttl 1 --rw || fail "mount --rw --list-ttl 1"
+ls "$M" >/dev/null
+rm "$S/e.bin"
+sleep 1.3
+ls "$M" | grep -q e.bin || fail "--rw: e.bin left the directory"
 unmount
 
 # --hydrate: names found by a re-listing are hydrated too.
