@@ -32,6 +32,7 @@ static void node_free(struct tnode *n)
 {
 	free(n->name);
 	free(n->key);
+	free(n->etag);
 	free(n->kids);
 	free(n);
 }
@@ -152,6 +153,10 @@ static int on_entry(const struct store_entry *e, void *arg)
 		return l->err = -ENOMEM;
 	n->list_size = e->size;
 	n->mtime = e->mtime;
+	if (e->etag && e->etag[0] && !(n->etag = strdup(e->etag))) {
+		node_free(n);
+		return l->err = -ENOMEM;
+	}
 	l->v[l->n++] = n;
 	return 0;
 }
@@ -253,11 +258,17 @@ int tree_list(struct tree *t, struct tnode *dir)
 }
 
 /* Whether a node of a new listing stands for the same thing as an old one:
- * a directory still a directory, a file of the same size and mtime (a PUT
- * over an object changes its mtime). */
+ * a directory still a directory, a file of the same ETag (or, from a store
+ * that lists none, the same size and mtime). */
 static int same_thing(const struct tnode *o, const struct tnode *n)
 {
-	return o->is_dir == n->is_dir && (o->is_dir || (o->list_size == n->list_size && o->mtime == n->mtime));
+	if (o->is_dir != n->is_dir)
+		return 0;
+	if (o->is_dir)
+		return 1;
+	if (o->etag && n->etag)
+		return !strcmp(o->etag, n->etag);
+	return o->list_size == n->list_size && o->mtime == n->mtime;
 }
 
 int tree_refresh(struct tree *t, struct tnode *dir)

@@ -5,7 +5,7 @@
  * delimiter "/", all pages), and listed again when asked for a name it lacks
  * or opened for reading once its listing is older than the list TTL: names
  * that appeared are added, names gone from the store leave, and a file whose
- * object changed (its size or mtime) gets a new node, so a new inode that
+ * object changed (its ETag in the listing) gets a new node, so a new inode that
  * shares no size or pages with the old one.  A node that leaves its directory
  * is marked gone but never freed, so an inode number stays valid for the life
  * of the mount (the kernel's references and open handles keep working, on
@@ -45,6 +45,7 @@ struct tnode {
 	int is_dir;
 	uint64_t list_size;  /* from the listing (for an image: its index's size) */
 	int64_t mtime;
+	char *etag;          /* from the listing, or NULL: how a re-listing tells a replaced object */
 
 	/* directories */
 	int listed;          /* kids are valid (acquire-load it) */
