@@ -213,7 +213,8 @@ static void close_blob(struct thawfs *fs, struct tfile *f)
 	__atomic_sub_fetch(&fs->nblobs, 1, __ATOMIC_RELAXED);
 }
 
-static int acquire(struct thawfs *fs, struct tnode *n, int pin, struct blob **out)
+/* pin: count a user; seen: a lookup will answer with this version's size. */
+static int acquire(struct thawfs *fs, struct tnode *n, int pin, int seen, struct blob **out)
 {
 	struct tfile *f = file_of(n);
 	if (!f)
@@ -222,6 +223,8 @@ static int acquire(struct thawfs *fs, struct tnode *n, int pin, struct blob **ou
 	int rc = f->b ? 0 : open_blob(fs, n, f);
 	if (rc == 0 && pin)
 		f->users++;
+	if (rc == 0 && seen && !f->kernel_etag)
+		f->kernel_etag = strdup(blob_etag(f->b)); /* out of memory: no check, as before */
 	if (rc == 0)
 		idle_update(fs, f);
 	if (rc == 0 && out)
@@ -232,8 +235,9 @@ static int acquire(struct thawfs *fs, struct tnode *n, int pin, struct blob **ou
 	return rc;
 }
 
-int file_probe(struct thawfs *fs, struct tnode *n) { return acquire(fs, n, 0, NULL); }
-int file_pin(struct thawfs *fs, struct tnode *n, struct blob **b) { return acquire(fs, n, 1, b); }
+int file_probe(struct thawfs *fs, struct tnode *n) { return acquire(fs, n, 0, 0, NULL); }
+int file_lookup(struct thawfs *fs, struct tnode *n) { return acquire(fs, n, 0, 1, NULL); }
+int file_pin(struct thawfs *fs, struct tnode *n, struct blob **b) { return acquire(fs, n, 1, 0, b); }
 
 void file_prefetch_head(struct tnode *n)
 {
@@ -243,17 +247,6 @@ void file_prefetch_head(struct tnode *n)
 	pthread_mutex_lock(&f->mu);
 	if (f->b && blob_nchunks(f->b))
 		blob_request(f->b, 0, PRIO_READAHEAD);
-	pthread_mutex_unlock(&f->mu);
-}
-
-void file_seen_by_kernel(struct tnode *n)
-{
-	struct tfile *f = __atomic_load_n(&n->f, __ATOMIC_ACQUIRE);
-	if (!f)
-		return;
-	pthread_mutex_lock(&f->mu);
-	if (f->b && !f->kernel_etag)
-		f->kernel_etag = strdup(blob_etag(f->b)); /* out of memory: no check, as before */
 	pthread_mutex_unlock(&f->mu);
 }
 

@@ -74,8 +74,11 @@ struct fhandle {
 
 /* The file state of n (created on first use), or NULL if out of memory. */
 struct tfile *file_of(struct tnode *n);
-/* Open n's blob if it is not open (lookup, getattr); 0 or <0 + err_msg. */
+/* Open n's blob if it is not open; 0 or <0 + err_msg. */
 int file_probe(struct thawfs *fs, struct tnode *n);
+/* Like file_probe, for a lookup about to answer with n's size: until the
+ * kernel forgets n, a reopened blob of n must be of the same version. */
+int file_lookup(struct thawfs *fs, struct tnode *n);
 /* Ask, in the background, for the first chunk of n's open blob: what a
  * first read wants (a header, a partition table).  Opening a plain object
  * brings it anyway; an image's comes from its own GET. */
@@ -83,9 +86,6 @@ void file_prefetch_head(struct tnode *n);
 /* Like file_probe, and count a user (open handle, hydrator) until file_unpin. */
 int file_pin(struct thawfs *fs, struct tnode *n, struct blob **b);
 void file_unpin(struct thawfs *fs, struct tnode *n);
-/* A lookup is answering with n's attributes: until the kernel forgets n, a
- * reopened blob of n must be of the version they came from. */
-void file_seen_by_kernel(struct tnode *n);
 /* Close the blob if neither the kernel nor anyone else holds the file. */
 void file_maybe_close(struct thawfs *fs, struct tnode *n);
 /* The size to report: the blob's logical size, or the listing's until known. */

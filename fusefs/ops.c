@@ -120,8 +120,8 @@ static void tl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	log_debug("lookup %s -> ino %llu, nlookup %llu", n->key, (unsigned long long)n->ino, (unsigned long long)nl);
 	/* The blob's logical size (an image's), and its progress for status;
 	 * a failure shows the listing's size. */
-	if (!n->is_dir && file_probe(fs, n) == 0)
-		file_seen_by_kernel(n);
+	if (!n->is_dir)
+		file_lookup(fs, n);
 	e.ino = n->ino;
 	e.generation = 1;
 	fill_attr(fs, n, &e.attr);
