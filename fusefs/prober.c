@@ -85,26 +85,26 @@ static int push(struct prober *p, struct tnode *n, int head, struct tnode *gone_
 	return 0;
 }
 
-void prober_add(struct prober *p, struct tnode *n, int head)
+/* Queue one item and wake a thread; <0 if the queue is full. */
+static int enqueue(struct prober *p, struct tnode *n, int head, struct tnode *gone_from)
 {
-	if (!p)
-		return;
 	pthread_mutex_lock(&p->mu);
-	if (push(p, n, head, NULL) == 0)
+	int rc = push(p, n, head, gone_from);
+	if (rc == 0)
 		pthread_cond_signal(&p->cv);
 	pthread_mutex_unlock(&p->mu);
+	return rc;
+}
+
+void prober_add(struct prober *p, struct tnode *n, int head)
+{
+	if (p)
+		enqueue(p, n, head, NULL);
 }
 
 void prober_forget(struct prober *p, struct tnode *dir, struct tnode *n)
 {
-	if (!p)
-		return;
-	pthread_mutex_lock(&p->mu);
-	int rc = push(p, n, 0, dir);
-	if (rc == 0)
-		pthread_cond_signal(&p->cv);
-	pthread_mutex_unlock(&p->mu);
-	if (rc < 0)
+	if (p && enqueue(p, n, 0, dir) < 0)
 		log_debug("queue full: the kernel keeps the name %s until its entry times out", n->key);
 }
 
